@@ -1,0 +1,54 @@
+//! Command-line front ends. The binaries in `bin/` only call [`run_migrate`]
+//! and [`run_fixtures`]; parsing, dispatch and the mapping of errors to exit
+//! statuses live here.
+
+pub mod fixtures;
+pub mod migrate;
+
+use crate::error::{exit, Error};
+
+/// Logs to stderr; `RUST_LOG` or `--log-level` choose the level.
+pub fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("falcon_migrate={level},warn"))
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Prints an error and its causes on one line and returns its exit status.
+pub fn report_error(e: &Error) -> i32 {
+    let mut line = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        let s_text = s.to_string();
+        if !line.contains(&s_text) {
+            line.push_str(": ");
+            line.push_str(&s_text);
+        }
+        src = s.source();
+    }
+    eprintln!("error: {line}");
+    e.exit_code()
+}
+
+pub fn run_migrate() -> i32 {
+    migrate::main()
+}
+
+pub fn run_fixtures() -> i32 {
+    fixtures::main()
+}
+
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, i32> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            exit::FAILURE
+        })
+}

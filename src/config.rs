@@ -1,0 +1,464 @@
+//! The one TOML file that describes the job: connections and the table mapping.
+//! How a run behaves (workers, rate, resume) is given by flags instead.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{redact_url, Error, Result};
+
+pub const ENV_CONFIG: &str = "FALCON_CONFIG";
+pub const ENV_MYSQL_URL: &str = "FALCON_MYSQL_URL";
+pub const ENV_MYSQL_PASSWORD: &str = "FALCON_MYSQL_PASSWORD";
+pub const ENV_KAFKA_BROKERS: &str = "FALCON_KAFKA_BROKERS";
+pub const ENV_HBASE_THRIFT: &str = "FALCON_HBASE_THRIFT";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: SourceConfig,
+    pub kafka: KafkaConfig,
+    pub hbase: HbaseConfig,
+    #[serde(default)]
+    pub ids: IdConfig,
+    #[serde(rename = "table")]
+    pub tables: Vec<TableMapping>,
+    /// Where the file was read from; relative paths in it resolve against its folder.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `mysql://user@host:port/database`. A password here works but is better
+    /// kept in `password_env` or `password_file`.
+    pub url: String,
+    /// Name of an environment variable holding the password.
+    pub password_env: Option<String>,
+    /// A file whose first line is the password (relative to the config file).
+    pub password_file: Option<PathBuf>,
+    /// Seconds to wait for a connection before calling the server unreachable.
+    #[serde(default)]
+    pub connect_timeout_s: Option<u64>,
+    /// Resolved password; never printed.
+    #[serde(skip)]
+    password: Option<String>,
+}
+
+impl std::fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field("url", &redact_url(&self.url))
+            .field("password_env", &self.password_env)
+            .field("password_file", &self.password_file)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list.
+    pub brokers: String,
+    /// Largest event the brokers accept; larger rows are dead-lettered.
+    #[serde(default = "default_message_max_bytes")]
+    pub message_max_bytes: usize,
+    /// Partitions for topics the tool creates.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    #[serde(default = "default_replication")]
+    pub replication_factor: i32,
+    /// Extra librdkafka producer properties, passed through verbatim.
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HbaseConfig {
+    /// `host:port` of the Thrift2 gateway.
+    pub thrift: String,
+    /// Thrift framed transport (the gateway's `-f`); the default is buffered.
+    #[serde(default)]
+    pub framed: bool,
+    /// Number of salt buckets (and pre-split regions) of each table.
+    #[serde(default = "default_salt_buckets")]
+    pub salt_buckets: u16,
+    /// The one short column family every table uses.
+    #[serde(default = "default_family")]
+    pub column_family: String,
+    /// Table holding legacy→new and new→legacy id pairs.
+    #[serde(default = "default_id_map_table")]
+    pub id_map_table: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdConfig {
+    /// Epoch of the 41-bit millisecond part of new ids.
+    #[serde(default = "default_epoch_ms")]
+    pub epoch_ms: u64,
+}
+
+impl Default for IdConfig {
+    fn default() -> Self {
+        IdConfig {
+            epoch_ms: default_epoch_ms(),
+        }
+    }
+}
+
+/// Which built-in mapping turns a source row into events and cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntityKind {
+    Account,
+    Room,
+    RoomMember,
+    Message,
+}
+
+impl EntityKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntityKind::Account => "account",
+            EntityKind::Room => "room",
+            EntityKind::RoomMember => "room_member",
+            EntityKind::Message => "message",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableMapping {
+    /// Source table name (in the URL's database).
+    pub source: String,
+    /// Which mapping applies.
+    pub kind: EntityKind,
+    /// Kafka topic receiving this table's events.
+    pub topic: String,
+    /// HBase table (`namespace:name` or `name`) holding this table's read model.
+    pub hbase_table: String,
+}
+
+fn default_message_max_bytes() -> usize {
+    1_000_000
+}
+fn default_partitions() -> i32 {
+    8
+}
+fn default_replication() -> i32 {
+    1
+}
+fn default_salt_buckets() -> u16 {
+    16
+}
+fn default_family() -> String {
+    "d".into()
+}
+fn default_id_map_table() -> String {
+    "chat_id_map".into()
+}
+fn default_epoch_ms() -> u64 {
+    // 2010-01-01T00:00:00Z: before the oldest legacy message.
+    1_262_304_000_000
+}
+
+impl Config {
+    /// Reads, overrides from the environment, and validates the config.
+    pub fn load(path: &Path) -> Result<Config> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::config(&shown, format!("cannot read: {e}")))?;
+        Self::parse(&text, path, |k| std::env::var(k).ok())
+    }
+
+    /// Parses `text` as if read from `path`, with `env` standing in for the
+    /// process environment (so tests need not mutate it).
+    pub fn parse(text: &str, path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        let shown = path.display().to_string();
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            Error::config(&shown, format!("{msg}{at}"))
+        })?;
+        cfg.path = path.to_path_buf();
+        if let Some(url) = env(ENV_MYSQL_URL).filter(|v| !v.is_empty()) {
+            cfg.source.url = url;
+        }
+        if let Some(b) = env(ENV_KAFKA_BROKERS).filter(|v| !v.is_empty()) {
+            cfg.kafka.brokers = b;
+        }
+        if let Some(t) = env(ENV_HBASE_THRIFT).filter(|v| !v.is_empty()) {
+            cfg.hbase.thrift = t;
+        }
+        cfg.resolve_password(&env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn resolve_password(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<()> {
+        let shown = self.path.display().to_string();
+        let src = &mut self.source;
+        if let Some(var) = &src.password_env {
+            if let Some(p) = env(var) {
+                src.password = Some(p);
+                return Ok(());
+            }
+        }
+        if let Some(p) = env(ENV_MYSQL_PASSWORD) {
+            src.password = Some(p);
+            return Ok(());
+        }
+        if let Some(file) = &src.password_file {
+            let full = match self.path.parent() {
+                Some(dir) if file.is_relative() => dir.join(file),
+                _ => file.clone(),
+            };
+            let text = std::fs::read_to_string(&full).map_err(|e| {
+                Error::config(
+                    &shown,
+                    format!("source.password_file {}: {e}", full.display()),
+                )
+            })?;
+            src.password = Some(text.lines().next().unwrap_or("").to_string());
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<()> {
+        let shown = self.path.display().to_string();
+        let bad = |key: &str, why: String| Err(Error::config(&shown, format!("{key}: {why}")));
+        if !self.source.url.starts_with("mysql://") && !self.source.url.starts_with("mariadb://") {
+            return bad(
+                "source.url",
+                format!(
+                    "expected mysql://user@host:port/database, got {}",
+                    redact_url(&self.source.url)
+                ),
+            );
+        }
+        if self.database().is_none() {
+            return bad(
+                "source.url",
+                format!("names no database: {}", redact_url(&self.source.url)),
+            );
+        }
+        for b in self.kafka.brokers.split(',') {
+            if parse_host_port(b.trim()).is_none() {
+                return bad("kafka.brokers", format!("expected host:port, got {b:?}"));
+            }
+        }
+        if parse_host_port(&self.hbase.thrift).is_none() {
+            return bad(
+                "hbase.thrift",
+                format!("expected host:port, got {:?}", self.hbase.thrift),
+            );
+        }
+        if !(1..=256).contains(&self.hbase.salt_buckets) {
+            return bad(
+                "hbase.salt_buckets",
+                format!("must be 1..=256, got {}", self.hbase.salt_buckets),
+            );
+        }
+        if self.hbase.column_family.is_empty() {
+            return bad("hbase.column_family", "must not be empty".into());
+        }
+        if self.kafka.message_max_bytes < 1024 {
+            return bad(
+                "kafka.message_max_bytes",
+                format!("too small: {}", self.kafka.message_max_bytes),
+            );
+        }
+        if self.tables.is_empty() {
+            return bad("table", "no [[table]] mapping given".into());
+        }
+        let mut seen = BTreeSet::new();
+        for (i, t) in self.tables.iter().enumerate() {
+            if !is_identifier(&t.source) {
+                return bad(
+                    &format!("table[{i}].source"),
+                    format!("not a plain table name: {:?}", t.source),
+                );
+            }
+            if !seen.insert(t.source.as_str()) {
+                return bad(
+                    &format!("table[{i}].source"),
+                    format!("{} is mapped twice", t.source),
+                );
+            }
+            if t.topic.is_empty() || t.topic.len() > 249 || !t.topic.chars().all(is_topic_char) {
+                return bad(
+                    &format!("table[{i}].topic"),
+                    format!("not a valid Kafka topic name: {:?}", t.topic),
+                );
+            }
+            if t.hbase_table.is_empty() || !t.hbase_table.chars().all(is_hbase_table_char) {
+                return bad(
+                    &format!("table[{i}].hbase_table"),
+                    format!("not a valid HBase table name: {:?}", t.hbase_table),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The database named in the source URL.
+    pub fn database(&self) -> Option<String> {
+        let rest = self.source.url.split_once("://")?.1;
+        let path = rest.split_once('/')?.1;
+        let db = path.split('?').next()?;
+        (!db.is_empty()).then(|| db.to_string())
+    }
+
+    /// The source URL with the password (if resolved separately) applied.
+    pub fn source_connect_options(&self) -> Result<sqlx::mysql::MySqlConnectOptions> {
+        use std::str::FromStr;
+        let shown = self.path.display().to_string();
+        let mut opts = sqlx::mysql::MySqlConnectOptions::from_str(&self.source.url)
+            .map_err(|e| Error::config(&shown, format!("source.url: {e}")))?;
+        if let Some(p) = &self.source.password {
+            opts = opts.password(p);
+        }
+        Ok(opts.charset("utf8mb4"))
+    }
+
+    /// `host:port` of the source, for messages.
+    pub fn source_endpoint(&self) -> String {
+        let rest = self.source.url.split_once("://").map(|x| x.1).unwrap_or("");
+        let authority = rest.split('/').next().unwrap_or("");
+        authority
+            .rsplit_once('@')
+            .map(|x| x.1)
+            .unwrap_or(authority)
+            .to_string()
+    }
+
+    pub fn table(&self, name: &str) -> Option<&TableMapping> {
+        self.tables.iter().find(|t| t.source == name)
+    }
+}
+
+pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
+    let (h, p) = s.rsplit_once(':')?;
+    if h.is_empty() {
+        return None;
+    }
+    Some((h.to_string(), p.parse().ok()?))
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn is_topic_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+fn is_hbase_table_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[source]
+url = "mysql://falcon@127.0.0.1:3306/legacy_chat"
+password_env = "CHAT_PW"
+[kafka]
+brokers = "127.0.0.1:9092"
+[hbase]
+thrift = "127.0.0.1:9090"
+[[table]]
+source = "message"
+kind = "message"
+topic = "chat.message.events"
+hbase_table = "chat_message"
+"#;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::parse(text, Path::new("falcon.toml"), move |k| {
+            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = parse(GOOD, &[]).unwrap();
+        assert_eq!(c.database().as_deref(), Some("legacy_chat"));
+        assert_eq!(c.hbase.salt_buckets, 16);
+        assert_eq!(c.tables[0].kind, EntityKind::Message);
+        assert_eq!(c.source_endpoint(), "127.0.0.1:3306");
+    }
+
+    #[test]
+    fn env_overrides_connections() {
+        let c = parse(
+            GOOD,
+            &[
+                (ENV_KAFKA_BROKERS, "k1:19092"),
+                (ENV_HBASE_THRIFT, "h1:19090"),
+                (ENV_MYSQL_URL, "mysql://u:pw@db:3307/other"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "k1:19092");
+        assert_eq!(c.hbase.thrift, "h1:19090");
+        assert_eq!(c.database().as_deref(), Some("other"));
+    }
+
+    #[test]
+    fn password_comes_from_named_env_and_never_shows_in_debug() {
+        let c = parse(GOOD, &[("CHAT_PW", "hunter2")]).unwrap();
+        assert_eq!(c.source.password.as_deref(), Some("hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = GOOD.replace("[kafka]", "[kafka]\nbrokerz = \"x\"");
+        let e = parse(&text, &[]).unwrap_err().to_string();
+        assert!(e.contains("brokerz"), "{e}");
+        assert!(e.contains("line 6"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("127.0.0.1:9090", "localhost", "hbase.thrift"),
+            ("chat.message.events", "bad topic!", "table[0].topic"),
+            ("legacy_chat\"", "\"", "source.url"),
+        ];
+        for (from, to, key) in cases {
+            let e = parse(&GOOD.replace(from, to), &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{from}->{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn password_in_url_is_not_echoed_in_errors() {
+        let text = GOOD.replace(
+            "mysql://falcon@127.0.0.1:3306/legacy_chat",
+            "mysql://u:topsecret@db:3306/",
+        );
+        let e = parse(&text, &[]).unwrap_err().to_string();
+        assert!(!e.contains("topsecret"), "{e}");
+        assert!(e.contains("source.url"), "{e}");
+    }
+}

@@ -1,0 +1,18 @@
+//! falcon-migrate: moves a legacy MySQL chat database into Kafka (the event
+//! write store) and HBase (the read store) in three phases — `base` (bulk
+//! copy), `diff` (binlog changes since the base) and `verify` (checksums).
+//!
+//! Layout follows the pipeline: `source` reads MySQL, `mapping` turns rows into
+//! events and cells, `sink` writes Kafka and HBase, `pipeline` runs the phases,
+//! `checkpoint` persists progress, `verify` compares. `fixtures` generates the
+//! legacy test dataset.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod fixtures;
+pub mod position;
+pub mod sink;
+pub mod source;
+
+pub use error::{Error, Result};

@@ -1,0 +1,296 @@
+//! A blocking Thrift2 client for the HBase gateway. One per worker thread: the
+//! generated client is synchronous, and a connection per worker keeps batches
+//! of different workers independent.
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use thrift::protocol::{
+    TBinaryInputProtocol, TBinaryOutputProtocol, TInputProtocol, TOutputProtocol,
+};
+use thrift::transport::{
+    TBufferedReadTransport, TBufferedWriteTransport, TFramedReadTransport, TFramedWriteTransport,
+};
+
+use super::thrift2::{
+    TColumnFamilyDescriptor, TDelete, TGet, THBaseServiceSyncClient, TPut, TResult, TScan,
+    TTHBaseServiceSyncClient, TTableDescriptor, TTableName,
+};
+use crate::error::{Error, Result};
+
+type Client =
+    THBaseServiceSyncClient<Box<dyn TInputProtocol + Send>, Box<dyn TOutputProtocol + Send>>;
+
+pub struct HbaseClient {
+    client: Client,
+    addr: String,
+}
+
+/// Splits `ns:table` into its Thrift name.
+pub fn table_name(name: &str) -> TTableName {
+    match name.split_once(':') {
+        Some((ns, q)) => TTableName {
+            ns: Some(ns.as_bytes().to_vec()),
+            qualifier: q.as_bytes().to_vec(),
+        },
+        None => TTableName {
+            ns: None,
+            qualifier: name.as_bytes().to_vec(),
+        },
+    }
+}
+
+fn err(context: impl Into<String>) -> impl FnOnce(thrift::Error) -> Error {
+    let context = context.into();
+    move |e| Error::hbase(context, describe(&e))
+}
+
+/// Thrift errors from HBase carry the Java exception text in `TIOError.message`;
+/// show it rather than a debug dump.
+fn describe(e: &thrift::Error) -> String {
+    match e {
+        thrift::Error::User(inner) => {
+            if let Some(io) = inner.downcast_ref::<super::thrift2::TIOError>() {
+                return io.message.clone().unwrap_or_else(|| format!("{io:?}"));
+            }
+            if let Some(ia) = inner.downcast_ref::<super::thrift2::TIllegalArgument>() {
+                return ia.message.clone().unwrap_or_else(|| format!("{ia:?}"));
+            }
+            inner.to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn new_get(row: Vec<u8>) -> TGet {
+    TGet::new(
+        row,
+        None,
+        None,
+        None,
+        Some(1),
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+}
+
+impl HbaseClient {
+    pub fn connect(addr: &str, framed: bool) -> Result<HbaseClient> {
+        let unreachable = |message: String| Error::Unreachable {
+            what: "HBase Thrift2 gateway",
+            target: addr.to_string(),
+            message,
+        };
+        let sock = addr
+            .to_socket_addrs()
+            .map_err(|e| unreachable(e.to_string()))?
+            .next()
+            .ok_or_else(|| unreachable("no address".into()))?;
+        let stream = TcpStream::connect_timeout(&sock, Duration::from_secs(5))
+            .map_err(|e| unreachable(e.to_string()))?;
+        stream.set_nodelay(true).ok();
+        stream.set_read_timeout(Some(Duration::from_secs(120))).ok();
+        let read = stream.try_clone().map_err(|e| unreachable(e.to_string()))?;
+        let (i, o): (
+            Box<dyn TInputProtocol + Send>,
+            Box<dyn TOutputProtocol + Send>,
+        ) = if framed {
+            (
+                Box::new(TBinaryInputProtocol::new(
+                    TFramedReadTransport::new(read),
+                    true,
+                )),
+                Box::new(TBinaryOutputProtocol::new(
+                    TFramedWriteTransport::new(stream),
+                    true,
+                )),
+            )
+        } else {
+            (
+                Box::new(TBinaryInputProtocol::new(
+                    TBufferedReadTransport::with_capacity(1 << 16, read),
+                    true,
+                )),
+                Box::new(TBinaryOutputProtocol::new(
+                    TBufferedWriteTransport::with_capacity(1 << 16, stream),
+                    true,
+                )),
+            )
+        };
+        let mut c = HbaseClient {
+            client: THBaseServiceSyncClient::new(i, o),
+            addr: addr.to_string(),
+        };
+        // A real request proves the gateway speaks our transport and reaches HBase.
+        c.client
+            .table_exists(table_name("hbase:meta"))
+            .map_err(|e| {
+                unreachable(format!(
+                    "{} (is the gateway Thrift2, framed={framed}?)",
+                    describe(&e)
+                ))
+            })?;
+        Ok(c)
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn table_exists(&mut self, table: &str) -> Result<bool> {
+        self.client
+            .table_exists(table_name(table))
+            .map_err(err(format!("tableExists {table}")))
+    }
+
+    /// Creates `table` with one column family, pre-split at `splits`, unless it exists.
+    /// Returns whether it was created.
+    pub fn ensure_table(
+        &mut self,
+        table: &str,
+        family: &str,
+        splits: Vec<Vec<u8>>,
+    ) -> Result<bool> {
+        if self.table_exists(table)? {
+            return Ok(false);
+        }
+        if let Some(ns) = table_name(table).ns {
+            let ns = String::from_utf8_lossy(&ns).to_string();
+            if self.client.get_namespace_descriptor(ns.clone()).is_err() {
+                self.client
+                    .create_namespace(super::thrift2::TNamespaceDescriptor::new(ns.clone(), None))
+                    .map_err(err(format!("createNamespace {ns}")))?;
+            }
+        }
+        // Versions are the source's versions; one is all the read model needs,
+        // the timestamps keep an older write from winning.
+        let cf = TColumnFamilyDescriptor::new(
+            family.as_bytes().to_vec(),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            Some(1),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        );
+        let desc = TTableDescriptor::new(table_name(table), vec![cf], None, None);
+        match self.client.create_table(desc, splits) {
+            Ok(()) => Ok(true),
+            // Another shard created it first.
+            Err(e) if describe(&e).contains("TableExistsException") => Ok(false),
+            Err(e) => Err(err(format!("createTable {table}"))(e)),
+        }
+    }
+
+    pub fn drop_table(&mut self, table: &str) -> Result<()> {
+        if !self.table_exists(table)? {
+            return Ok(());
+        }
+        let _ = self.client.disable_table(table_name(table));
+        self.client
+            .delete_table(table_name(table))
+            .map_err(err(format!("deleteTable {table}")))
+    }
+
+    pub fn put_multiple(&mut self, table: &str, puts: Vec<TPut>) -> Result<()> {
+        if puts.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .put_multiple(table.as_bytes().to_vec(), puts)
+            .map_err(err(format!("putMultiple {table}")))
+    }
+
+    pub fn delete_multiple(&mut self, table: &str, deletes: Vec<TDelete>) -> Result<()> {
+        if deletes.is_empty() {
+            return Ok(());
+        }
+        let left = self
+            .client
+            .delete_multiple(table.as_bytes().to_vec(), deletes)
+            .map_err(err(format!("deleteMultiple {table}")))?;
+        if !left.is_empty() {
+            return Err(Error::hbase(
+                format!("deleteMultiple {table}"),
+                format!("{} deletes not applied", left.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The row's cells, or None when the row does not exist.
+    pub fn get(&mut self, table: &str, row: &[u8]) -> Result<Option<TResult>> {
+        let r = self
+            .client
+            .get(table.as_bytes().to_vec(), new_get(row.to_vec()))
+            .map_err(err(format!("get {table}")))?;
+        Ok((!r.column_values.is_empty()).then_some(r))
+    }
+
+    pub fn get_multiple(&mut self, table: &str, rows: Vec<Vec<u8>>) -> Result<Vec<TResult>> {
+        let gets = rows.into_iter().map(new_get).collect();
+        self.client
+            .get_multiple(table.as_bytes().to_vec(), gets)
+            .map_err(err(format!("getMultiple {table}")))
+    }
+
+    /// Scans `[start, stop)` calling `f` for each row, `batch` rows per round trip.
+    pub fn scan(
+        &mut self,
+        table: &str,
+        start: Option<Vec<u8>>,
+        stop: Option<Vec<u8>>,
+        batch: i32,
+        mut f: impl FnMut(TResult) -> Result<()>,
+    ) -> Result<u64> {
+        let scan = TScan {
+            start_row: start,
+            stop_row: stop,
+            caching: Some(batch),
+            cache_blocks: Some(false),
+            max_versions: Some(1),
+            ..Default::default()
+        };
+        let id = self
+            .client
+            .open_scanner(table.as_bytes().to_vec(), scan)
+            .map_err(err(format!("openScanner {table}")))?;
+        let mut n = 0u64;
+        let result = (|| loop {
+            let rows = self
+                .client
+                .get_scanner_rows(id, batch)
+                .map_err(err(format!("getScannerRows {table}")))?;
+            if rows.is_empty() {
+                return Ok(n);
+            }
+            for r in rows {
+                n += 1;
+                f(r)?;
+            }
+        })();
+        let _ = self.client.close_scanner(id);
+        result
+    }
+}

@@ -1,0 +1,8 @@
+//! The HBase read store, reached through its Thrift2 gateway.
+
+pub mod client;
+#[allow(clippy::all, clippy::pedantic, dead_code, unused_imports, unused_variables, unused_mut)]
+#[rustfmt::skip]
+pub mod thrift2;
+
+pub use client::HbaseClient;

@@ -1,0 +1,4 @@
+//! Targets: the Kafka write store and the HBase read store.
+
+pub mod hbase;
+pub mod kafka;

@@ -1,0 +1,3 @@
+//! The MySQL source: connections, the binlog position, table readers.
+
+pub mod mysql;

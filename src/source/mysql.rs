@@ -1,0 +1,71 @@
+//! Connecting to the source and reading its binlog coordinates.
+
+use std::time::Duration;
+
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+use sqlx::Row;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::position::Position;
+
+/// A pool of `size` connections; fails with a clear "cannot connect" naming the
+/// host (never the password) when the server does not answer.
+pub async fn connect(cfg: &Config, size: u32) -> Result<MySqlPool> {
+    let opts = cfg.source_connect_options()?;
+    let timeout = Duration::from_secs(cfg.source.connect_timeout_s.unwrap_or(10));
+    MySqlPoolOptions::new()
+        .max_connections(size)
+        .min_connections(0)
+        .acquire_timeout(timeout)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                // Read what is stored, byte for byte, in UTC.
+                sqlx::query("SET SESSION time_zone = '+00:00', SESSION sql_mode = ''")
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_with(opts)
+        .await
+        .map_err(|e| Error::Unreachable {
+            what: "MySQL",
+            target: cfg.source_endpoint(),
+            message: match e {
+                sqlx::Error::PoolTimedOut => format!("no answer within {}s", timeout.as_secs()),
+                other => other.to_string(),
+            },
+        })
+}
+
+/// The source's current binlog coordinates and GTID set.
+pub async fn binlog_position(pool: &MySqlPool) -> Result<Position> {
+    let row = sqlx::query("SHOW MASTER STATUS")
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| Error::mysql("SHOW MASTER STATUS", e))?
+        .ok_or_else(|| Error::Binlog {
+            context: "SHOW MASTER STATUS".into(),
+            message: "the binlog is off (log_bin is not set): diff cannot replay changes".into(),
+        })?;
+    let file: String = row
+        .try_get(0)
+        .map_err(|e| Error::mysql("SHOW MASTER STATUS file", e))?;
+    let offset: u64 = row
+        .try_get(1)
+        .map_err(|e| Error::mysql("SHOW MASTER STATUS position", e))?;
+    let gtid: String = sqlx::query_scalar("SELECT CAST(@@GLOBAL.gtid_binlog_pos AS CHAR)")
+        .fetch_one(pool)
+        .await
+        .unwrap_or_default();
+    Ok(Position::Binlog { file, offset, gtid })
+}
+
+/// Checks the source is reachable and the binlog is usable.
+pub async fn check(cfg: &Config) -> Result<Position> {
+    let pool = connect(cfg, 1).await?;
+    let pos = binlog_position(&pool).await?;
+    pool.close().await;
+    Ok(pos)
+}
