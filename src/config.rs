@@ -71,6 +71,10 @@ pub struct KafkaConfig {
     pub partitions: i32,
     #[serde(default = "default_replication")]
     pub replication_factor: i32,
+    /// Compacted topic where each chunk's completion is committed in the same
+    /// transaction as the chunk's events: the exactly-once checkpoint.
+    #[serde(default = "default_progress_topic")]
+    pub progress_topic: String,
     /// Extra librdkafka producer properties, passed through verbatim.
     #[serde(default)]
     pub producer: BTreeMap<String, String>,
@@ -147,6 +151,9 @@ pub struct TableMapping {
 
 fn default_message_max_bytes() -> usize {
     1_000_000
+}
+fn default_progress_topic() -> String {
+    "falcon.progress".into()
 }
 fn default_partitions() -> i32 {
     8

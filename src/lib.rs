@@ -16,3 +16,7 @@ pub mod sink;
 pub mod source;
 
 pub use error::{Error, Result};
+pub mod checkpoint;
+pub mod mapping;
+pub mod pipeline;
+pub mod telemetry;

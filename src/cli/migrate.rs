@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+use crate::checkpoint::Shard;
 use crate::config::{Config, ENV_CONFIG};
 use crate::error::{exit, Error, Result};
+use crate::pipeline::base::{self, BaseOptions, BaseOutcome, Targets};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,10 +55,50 @@ pub struct CommonArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TargetArg {
+    Kafka,
+    Hbase,
+    All,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct BaseArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// Parallel copy workers (each with its own MySQL, Kafka and HBase connection).
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Width of a chunk in values of the leading primary-key column (equals rows for dense keys).
+    #[arg(long, default_value_t = 20_000)]
+    pub chunk_rows: u64,
+    /// Which targets to write.
+    #[arg(long, value_enum, default_value = "all")]
+    pub target: TargetArg,
+    /// Continue the run recorded in --state-dir, copying only unfinished chunks.
+    #[arg(long)]
+    pub resume: bool,
+    /// This process's share of the chunks, i/N (e.g. one per pod of an Indexed Job).
+    #[arg(long, default_value = "0/1", value_parser = Shard::parse)]
+    pub shard: Shard,
+    /// Name of the run: shards of one copy share it; checkpoints and Kafka transactions are keyed by it.
+    #[arg(long, default_value = "base")]
+    pub run_id: String,
+    /// Copy only these mapped tables (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub tables: Option<Vec<String>>,
+    /// Global row budget per second (protects a production source).
+    #[arg(long)]
+    pub max_rows_per_sec: Option<u64>,
+    /// Pause while the source's Threads_running is above this.
+    #[arg(long)]
+    pub max_threads_running: Option<u64>,
+    /// Print the chunk plan and an estimate; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Seconds between progress log lines when stderr is not a terminal.
+    #[arg(long, default_value_t = 10)]
+    pub progress_interval: u64,
 }
 
 pub fn main() -> i32 {
@@ -86,7 +128,7 @@ pub fn main() -> i32 {
 async fn dispatch(cmd: Command) -> Result<i32> {
     match cmd {
         Command::Check(args) => check(&args).await,
-        Command::Base(_) => Err(Error::Usage("base: not implemented yet".into())),
+        Command::Base(args) => base(args).await,
         Command::Diff(_) => Err(Error::Usage("diff: not implemented yet".into())),
         Command::Verify(_) => Err(Error::Usage("verify: not implemented yet".into())),
     }
@@ -134,4 +176,107 @@ async fn check(args: &CommonArgs) -> Result<i32> {
         );
     }
     Ok(exit::OK)
+}
+
+fn valid_run_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+async fn base(args: BaseArgs) -> Result<i32> {
+    if !valid_run_id(&args.run_id) {
+        return Err(Error::Usage(format!(
+            "--run-id {:?}: use letters, digits, '-', '_' or '.' (at most 64)",
+            args.run_id
+        )));
+    }
+    let cfg = Config::load(&args.common.config)?;
+    let opts = BaseOptions {
+        state_dir: args.common.state_dir.clone(),
+        run_id: args.run_id.clone(),
+        workers: args.workers,
+        chunk_rows: args.chunk_rows,
+        targets: Targets {
+            kafka: args.target != TargetArg::Hbase,
+            hbase: args.target != TargetArg::Kafka,
+        },
+        resume: args.resume,
+        shard: args.shard,
+        max_rows_per_sec: args.max_rows_per_sec,
+        max_threads_running: args.max_threads_running,
+        dry_run: args.dry_run,
+        tables: args.tables.clone(),
+        progress_every: std::time::Duration::from_secs(args.progress_interval.max(1)),
+    };
+    match base::run(cfg, opts).await? {
+        BaseOutcome::Planned(plan) => {
+            if args.common.json {
+                println!("{}", serde_json::to_string(&plan).unwrap_or_default());
+            } else {
+                println!(
+                    "dry run: run {} shard {}, {} workers, chunks of {} key values",
+                    plan.run_id, plan.shard, plan.workers, plan.chunk_rows
+                );
+                for t in &plan.tables {
+                    println!(
+                        "  {:<14} key {:<20} range {}..{}  ~{} rows  {} chunks ({} for this shard, {} done)",
+                        t.table,
+                        t.key,
+                        t.min_key.map_or("-".into(), |v| v.to_string()),
+                        t.max_key.map_or("-".into(), |v| v.to_string()),
+                        t.estimated_rows,
+                        t.chunks,
+                        t.chunks_this_shard,
+                        t.chunks_done
+                    );
+                }
+                match plan.estimated_s {
+                    Some(s) => println!(
+                        "  ~{} rows for this shard, ~{:.0}s at --max-rows-per-sec",
+                        plan.estimated_rows, s
+                    ),
+                    None => println!("  ~{} rows for this shard", plan.estimated_rows),
+                }
+                println!("nothing was written");
+            }
+            Ok(exit::OK)
+        }
+        BaseOutcome::Done(s) => {
+            let mut words = format!(
+                "base run {} shard {}{}: {} rows in {:.1}s ({:.0} rows/s) from {}\n",
+                s.run_id,
+                s.shard,
+                if s.resumed { " (resumed)" } else { "" },
+                s.rows_read,
+                s.elapsed_s,
+                s.rows_per_s,
+                s.start_position
+            );
+            for t in &s.tables {
+                words.push_str(&format!(
+                    "  {:<14} read {:>10}  kafka {:>10}  hbase {:>10}  dead-lettered {:>6}  chunks {}/{}\n",
+                    t.table, t.rows_read, t.written.kafka, t.written.hbase, t.dead_lettered, t.chunks_done, t.chunks
+                ));
+            }
+            if s.dead_lettered > 0 {
+                words.push_str(&format!(
+                    "{} rows dead-lettered: {}\n",
+                    s.dead_lettered, s.dead_letter_file
+                ));
+            }
+            if args.common.json {
+                eprint!("{words}");
+                println!("{}", serde_json::to_string(&s).unwrap_or_default());
+            } else {
+                print!("{words}");
+            }
+            Ok(if s.dead_lettered > 0 {
+                exit::DEAD_LETTERED
+            } else {
+                exit::OK
+            })
+        }
+    }
 }

@@ -1,5 +1,7 @@
 //! The Kafka write store: client settings, health check, topic creation.
 
+pub mod event;
+
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -77,6 +79,31 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<()> {
         .create_topics(&new, &opts)
         .await
         .map_err(|e| Error::kafka("create topics", e))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => return Err(Error::kafka(format!("create topic {t}"), code)),
+        }
+    }
+    Ok(())
+}
+
+/// Creates the compacted one-partition topic that holds chunk markers.
+pub async fn ensure_progress_topic(cfg: &KafkaConfig) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = base_config(cfg)
+        .create()
+        .map_err(|e| Error::kafka("admin client", e))?;
+    let t = NewTopic::new(
+        &cfg.progress_topic,
+        1,
+        TopicReplication::Fixed(cfg.replication_factor),
+    )
+    .set("cleanup.policy", "compact");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics([&t], &opts)
+        .await
+        .map_err(|e| Error::kafka("create progress topic", e))?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

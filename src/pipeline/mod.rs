@@ -1,0 +1,3 @@
+//! The phases: `base` (bulk copy), and later `diff` and `verify` flows.
+
+pub mod base;

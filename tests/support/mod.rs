@@ -1,0 +1,417 @@
+//! Shared by the integration tests: a job with its own source database,
+//! topics and HBase tables, the real binary, and independent readers of both
+//! targets.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use falcon_migrate::config::Config;
+use falcon_migrate::fixtures::generate::{generate, GenerateOptions};
+use falcon_migrate::mapping::{self, keys, MapContext};
+use falcon_migrate::sink::hbase::HbaseClient;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+pub const ADMIN: &str = "mysql://falcon_admin:falcon_admin@127.0.0.1:3306";
+pub const THRIFT: &str = "127.0.0.1:9090";
+pub const BROKERS: &str = "127.0.0.1:9092";
+
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Outcome {
+    fn from(o: Output) -> Self {
+        Outcome {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Outcome {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+pub struct Job {
+    pub name: String,
+    pub database: String,
+    pub dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub config_path: PathBuf,
+    pub config: Config,
+    pub generated: serde_json::Value,
+}
+
+/// Creates `database` (dropping an older one) with the admin account.
+pub async fn fresh_database(database: &str) {
+    let pool = mysql_async::Pool::new(format!("{ADMIN}/legacy_chat").as_str());
+    let mut c = pool
+        .get_conn()
+        .await
+        .unwrap_or_else(|e| panic!("stack not up (run scripts/stack.sh up): {e}"));
+    use mysql_async::prelude::Queryable;
+    c.query_drop(format!("DROP DATABASE IF EXISTS `{database}`"))
+        .await
+        .unwrap();
+    c.query_drop(format!(
+        "CREATE DATABASE `{database}` CHARACTER SET utf8mb4"
+    ))
+    .await
+    .unwrap();
+    drop(c);
+    pool.disconnect().await.unwrap();
+}
+
+impl Job {
+    pub async fn new(name: &str, messages: u64, dirty: bool) -> Job {
+        let tag = format!("{name}_{}", std::process::id());
+        let database = format!("legacy_chat_t_{tag}");
+        fresh_database(&database).await;
+        let report = generate(
+            &format!("{ADMIN}/{database}"),
+            &GenerateOptions {
+                messages,
+                rooms: None,
+                accounts: None,
+                seed: 7,
+                dirty,
+            },
+        )
+        .await
+        .expect("generate");
+        let dir = std::env::temp_dir().join(format!("falcon-test-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut toml = format!(
+            "[source]\nurl = \"mysql://falcon@127.0.0.1:3306/{database}\"\npassword_env = \"FALCON_MYSQL_PASSWORD\"\n\
+             [kafka]\nbrokers = \"{BROKERS}\"\npartitions = 3\nprogress_topic = \"test.{tag}.progress\"\n\
+             [hbase]\nthrift = \"{THRIFT}\"\nsalt_buckets = 4\nid_map_table = \"test_{tag}_id_map\"\n"
+        );
+        for t in ["account", "room", "room_member", "message"] {
+            toml.push_str(&format!(
+                "[[table]]\nsource = \"{t}\"\nkind = \"{t}\"\ntopic = \"test.{tag}.{t}\"\nhbase_table = \"test_{tag}_{t}\"\n"
+            ));
+        }
+        let config_path = dir.join("falcon.toml");
+        std::fs::write(&config_path, &toml).unwrap();
+        let config = Config::parse(&toml, &config_path, |k| {
+            (k == "FALCON_MYSQL_PASSWORD").then(|| "falcon".to_string())
+        })
+        .unwrap();
+        Job {
+            name: tag,
+            database,
+            state_dir: dir.join("state"),
+            dir,
+            config_path,
+            config,
+            generated: serde_json::to_value(report).unwrap(),
+        }
+    }
+
+    pub fn base_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_falcon-migrate"));
+        c.arg("base")
+            .arg("-c")
+            .arg(&self.config_path)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--json")
+            .args(args)
+            .env("FALCON_MYSQL_PASSWORD", "falcon")
+            .env_remove("FALCON_MYSQL_URL")
+            .env_remove("FALCON_KAFKA_BROKERS")
+            .env_remove("FALCON_HBASE_THRIFT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    pub fn base(&self, args: &[&str]) -> Outcome {
+        Outcome::from(self.base_command(args).output().unwrap())
+    }
+
+    pub async fn pool(&self) -> sqlx::MySqlPool {
+        sqlx::MySqlPool::connect(&format!("{ADMIN}/{}", self.database))
+            .await
+            .unwrap()
+    }
+
+    pub async fn source_counts(&self) -> HashMap<String, u64> {
+        let pool = self.pool().await;
+        let mut out = HashMap::new();
+        for t in &self.config.tables {
+            let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM `{}`", t.source))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            out.insert(t.source.clone(), n as u64);
+        }
+        out
+    }
+
+    pub async fn source_bodies(&self) -> HashMap<u64, Vec<u8>> {
+        let pool = self.pool().await;
+        let rows: Vec<(u64, Option<Vec<u8>>)> =
+            sqlx::query_as("SELECT message_id, body FROM message")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        rows.into_iter()
+            .filter_map(|(id, b)| b.map(|b| (id, b)))
+            .collect()
+    }
+
+    fn hbase_table(&self, source: &str) -> String {
+        self.config.table(source).unwrap().hbase_table.clone()
+    }
+
+    fn hbase(&self) -> HbaseClient {
+        HbaseClient::connect(THRIFT, false).expect("HBase Thrift2 gateway")
+    }
+
+    /// Row keys in the HBase table of `source`.
+    pub fn hbase_rows(&self, source: &str) -> Vec<Vec<u8>> {
+        let mut keys = Vec::new();
+        self.hbase()
+            .scan(&self.hbase_table(source), None, None, 1000, |r| {
+                keys.push(r.row.unwrap_or_default());
+                Ok(())
+            })
+            .unwrap();
+        keys
+    }
+
+    pub fn hbase_message_bodies(&self) -> HashMap<u64, Vec<u8>> {
+        let mut out = HashMap::new();
+        self.hbase()
+            .scan(&self.hbase_table("message"), None, None, 1000, |r| {
+                let cell = |q: &str| {
+                    r.column_values
+                        .iter()
+                        .find(|c| c.qualifier == q.as_bytes())
+                        .map(|c| c.value.clone())
+                };
+                let id: u64 = String::from_utf8(cell("message_id").unwrap())
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                if let Some(b) = cell("body") {
+                    out.insert(id, b);
+                }
+                Ok(())
+            })
+            .unwrap();
+        out
+    }
+
+    /// Every committed event of `source`'s topic, in order.
+    pub fn kafka_all(&self, source: &str) -> Vec<serde_json::Value> {
+        let topic = self.config.table(source).unwrap().topic.clone();
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", BROKERS)
+            .set("group.id", format!("test-{}", self.name))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap();
+        let md = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .unwrap();
+        let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+        let mut tpl = TopicPartitionList::new();
+        let mut high = HashMap::new();
+        for p in &parts {
+            tpl.add_partition_offset(&topic, *p, Offset::Beginning)
+                .unwrap();
+            high.insert(
+                *p,
+                consumer
+                    .fetch_watermarks(&topic, *p, Duration::from_secs(10))
+                    .unwrap()
+                    .1,
+            );
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let pos = consumer.position().unwrap();
+            let caught_up = parts.iter().all(|p| {
+                let o = pos
+                    .find_partition(&topic, *p)
+                    .and_then(|e| e.offset().to_raw())
+                    .unwrap_or(0);
+                o >= high[p] || high[p] == 0
+            });
+            if caught_up {
+                break;
+            }
+            assert!(Instant::now() < deadline, "timed out reading {topic}");
+            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+                let m = m.unwrap();
+                out.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+            }
+        }
+        out
+    }
+
+    /// Latest committed event per key.
+    pub fn kafka_events(&self, source: &str) -> HashMap<String, serde_json::Value> {
+        self.kafka_all(source)
+            .into_iter()
+            .map(|v| (v["key"].as_str().unwrap().to_string(), v))
+            .collect()
+    }
+
+    pub fn kafka_event_count(&self, source: &str) -> u64 {
+        self.kafka_all(source).len() as u64
+    }
+
+    fn start_ts_ms(&self) -> u64 {
+        let p = self.state_dir.join("base/base/shard-0-of-1.json");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        v["start_ts_ms"].as_u64().unwrap()
+    }
+
+    /// What HBase must hold after a complete base run, computed from the
+    /// source with the mapping: `table/rowkey-hex` → qualifier → (value, ts).
+    pub async fn expected_hbase(&self) -> BTreeMap<String, BTreeMap<String, (Vec<u8>, i64)>> {
+        let ctx = MapContext {
+            salt_buckets: self.config.hbase.salt_buckets,
+            epoch_ms: self.config.ids.epoch_ms,
+            default_version_ms: self.start_ts_ms(),
+        };
+        let pool = sqlx::mysql::MySqlPoolOptions::new()
+            .after_connect(|c, _| {
+                Box::pin(async move {
+                    sqlx::query("SET SESSION sql_mode=''")
+                        .execute(c)
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .connect(&format!("{ADMIN}/{}", self.database))
+            .await
+            .unwrap();
+        let rooms: std::collections::HashSet<u64> = sqlx::query_scalar("SELECT room_id FROM room")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        let mut out = BTreeMap::new();
+        for t in &self.config.tables {
+            let spec = mapping::spec(t.kind);
+            let rows = sqlx::query(&format!(
+                "SELECT {} FROM `{}`",
+                spec.select_list(),
+                t.source
+            ))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            for r in rows {
+                let vals = spec.decode(&r).unwrap();
+                let Ok(c) = mapping::canonical(t.kind, &vals, &ctx) else {
+                    continue;
+                };
+                if mapping::required_room(t.kind, &vals).is_some_and(|room| !rooms.contains(&room))
+                {
+                    continue;
+                }
+                let cells: BTreeMap<String, (Vec<u8>, i64)> = c
+                    .cells
+                    .iter()
+                    .filter_map(|x| {
+                        x.value.as_ref().map(|v| {
+                            (
+                                x.name.to_string(),
+                                (v.as_bytes().to_vec(), c.version_ms as i64),
+                            )
+                        })
+                    })
+                    .collect();
+                out.insert(
+                    format!("{}/{}", t.hbase_table, mapping::hex(&c.row_key)),
+                    cells,
+                );
+                if let Some((legacy, new_id, room)) = c.id_pair {
+                    let ts = falcon_migrate::mapping::ids::id_millis(new_id, ctx.epoch_ms) as i64;
+                    let m = &self.config.hbase.id_map_table;
+                    out.insert(
+                        format!(
+                            "{m}/{}",
+                            mapping::hex(&keys::id_map_legacy(ctx.salt_buckets, legacy))
+                        ),
+                        BTreeMap::from([
+                            ("new_id".to_string(), (new_id.to_string().into_bytes(), ts)),
+                            ("room_id".to_string(), (room.to_string().into_bytes(), ts)),
+                        ]),
+                    );
+                    out.insert(
+                        format!(
+                            "{m}/{}",
+                            mapping::hex(&keys::id_map_new(ctx.salt_buckets, new_id))
+                        ),
+                        BTreeMap::from([(
+                            "legacy_id".to_string(),
+                            (legacy.to_string().into_bytes(), ts),
+                        )]),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// Everything the job's HBase tables hold, in the shape of `expected_hbase`.
+    pub async fn hbase_snapshot(&self) -> BTreeMap<String, BTreeMap<String, (Vec<u8>, i64)>> {
+        let mut out = BTreeMap::new();
+        let mut c = self.hbase();
+        let mut tables: Vec<String> = self
+            .config
+            .tables
+            .iter()
+            .map(|t| t.hbase_table.clone())
+            .collect();
+        tables.push(self.config.hbase.id_map_table.clone());
+        for t in tables {
+            c.scan(&t, None, None, 1000, |r| {
+                let cells = r
+                    .column_values
+                    .iter()
+                    .map(|cv| {
+                        (
+                            String::from_utf8_lossy(&cv.qualifier).into_owned(),
+                            (cv.value.clone(), cv.timestamp.unwrap_or(-1)),
+                        )
+                    })
+                    .collect();
+                out.insert(
+                    format!("{t}/{}", mapping::hex(&r.row.unwrap_or_default())),
+                    cells,
+                );
+                Ok(())
+            })
+            .unwrap();
+        }
+        out
+    }
+}
