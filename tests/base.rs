@@ -153,7 +153,13 @@ async fn dirty_rows_are_dead_lettered_with_their_reason_and_reconcile() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_then_resume_converges_without_duplicates() {
     let job = Job::new("resume", 40_000, false).await;
-    let expected = job.expected_hbase().await;
+    let plan = job.base(&["--dry-run", "--chunk-rows", "1000"]).json();
+    let total_chunks: u64 = plan["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["chunks"].as_u64().unwrap())
+        .sum();
     let mut child = job
         .base_command(&[
             "--workers",
@@ -209,6 +215,7 @@ async fn kill_9_then_resume_converges_without_duplicates() {
         );
     }
     // HBase holds exactly what an uninterrupted run writes: every row, cell and timestamp.
+    let expected = job.expected_hbase().await;
     let actual = job.hbase_snapshot().await;
     assert_eq!(actual.len(), expected.len());
     for (k, v) in &expected {
@@ -341,7 +348,7 @@ async fn bad_input_gives_a_clear_error_and_exit_2() {
     let text = std::fs::read_to_string(&job.config_path)
         .unwrap()
         .replace("source = \"room\"", "source = \"rooms_gone\"");
-    let bad = job.state_dir.join("bad.toml");
+    let bad = job.dir.join("bad.toml");
     std::fs::write(&bad, text).unwrap();
     let out = run(
         &["base", "-c", bad.to_str().unwrap(), "--state-dir", state],

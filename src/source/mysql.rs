@@ -12,7 +12,12 @@ use crate::position::Position;
 /// A pool of `size` connections; fails with a clear "cannot connect" naming the
 /// host (never the password) when the server does not answer.
 pub async fn connect(cfg: &Config, size: u32) -> Result<MySqlPool> {
-    let opts = cfg.source_connect_options()?;
+    use sqlx::ConnectOptions;
+    // Chunk reads are long by design: no "slow statement" noise.
+    let opts = cfg
+        .source_connect_options()?
+        .log_statements(tracing::log::LevelFilter::Off)
+        .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(3600));
     let timeout = Duration::from_secs(cfg.source.connect_timeout_s.unwrap_or(10));
     MySqlPoolOptions::new()
         .max_connections(size)

@@ -35,7 +35,8 @@ pub fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
             "message.max.bytes",
             (cfg.message_max_bytes + 4096).to_string(),
         )
-        .set("queue.buffering.max.kbytes", "262144");
+        .set("queue.buffering.max.kbytes", "262144")
+        .set("partitioner", "murmur2_random");
     for (k, v) in &cfg.producer {
         c.set(k, v);
     }
