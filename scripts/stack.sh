@@ -11,7 +11,7 @@
 # buffered (non-framed) transport and the binary protocol. The `up` readiness check speaks
 # exactly that (a raw THBaseService.listNamespaces() call), so it proves it every time.
 #
-# Usage: scripts/stack.sh up | down | reset | status | logs [SERVER] | hbase-shell
+# Usage: scripts/stack.sh up | down | reset | status | logs [SERVER] | hbase-shell | kafka-class CLASS ARGS | hbase-class CLASS ARGS
 #   SERVER = mariadb | kafka | hbase | thrift | rest
 #
 # Everything lives under $FALCON_STACK_DIR (default: <repo>/.stack): jars (lib/), data,
@@ -434,14 +434,14 @@ start_hbase() {
     for p in "$HBASE_ZK_PORT" 16000; do
       port_open "$p" && die "hbase: port $p is taken by a process this script did not start"
     done
-    hbase_cmd master 1536m -XX:MaxDirectMemorySize=1g org.apache.hadoop.hbase.master.HMaster start
+    hbase_cmd master 4g -XX:MaxDirectMemorySize=1g org.apache.hadoop.hbase.master.HMaster start
     spawn hbase "$LOG_DIR/hbase.out" "${HBASE_CMD[@]}"
     HBASE_STARTED=1
   fi
   if [[ -z "$(running_pid thrift)" ]]; then
     port_open "$THRIFT_PORT" && die "thrift: port $THRIFT_PORT is taken by a process this script did not start"
     # Default Thrift2 server: thread pool, plain TSocket (unframed), TBinaryProtocol.
-    hbase_cmd thrift 512m org.apache.hadoop.hbase.thrift2.ThriftServer -b 127.0.0.1 -p "$THRIFT_PORT" start
+    hbase_cmd thrift 1g org.apache.hadoop.hbase.thrift2.ThriftServer -b 127.0.0.1 -p "$THRIFT_PORT" start
     spawn thrift "$LOG_DIR/thrift.out" "${HBASE_CMD[@]}"
     THRIFT_STARTED=1
   fi
@@ -592,6 +592,11 @@ main() {
     status) cmd_status ;;
     logs) cmd_logs "$@" ;;
     hbase-shell) cmd_hbase_shell "$@" ;;
+    kafka-class) # kafka-class MAINCLASS ARGS...: a Kafka tool on the stack's jars (benchmarks)
+      kafka_java -Dlog4j2.configurationFile="$CONF_DIR/kafka/tools-log4j2.properties" "$@" ;;
+    hbase-class) # hbase-class MAINCLASS ARGS...: an HBase tool on the stack's jars and config
+      hbase_cmd tool 1g "$@"
+      exec "${HBASE_CMD[@]}" ;;
     *)
       sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//' >&2
       exit 2

@@ -125,16 +125,7 @@ impl RunDir {
 
     /// Writes the record atomically (temp file, fsync, rename).
     pub fn save_record(&self, r: &RunRecord) -> Result<()> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| cp_err(&self.dir, e))?;
-        let p = self.record_path();
-        let tmp = p.with_extension("json.tmp");
-        let body = serde_json::to_vec_pretty(r).map_err(|e| cp_err(&p, e))?;
-        let mut f = File::create(&tmp).map_err(|e| cp_err(&tmp, e))?;
-        f.write_all(&body)
-            .and_then(|_| f.sync_all())
-            .map_err(|e| cp_err(&tmp, e))?;
-        std::fs::rename(&tmp, &p).map_err(|e| cp_err(&p, e))?;
-        Ok(())
+        write_json_atomic(&self.record_path(), r)
     }
 
     pub fn load_done(&self) -> Result<Vec<ChunkDone>> {
@@ -170,6 +161,21 @@ impl RunDir {
         f.sync_all().map_err(|e| cp_err(&tmp, e))?;
         std::fs::rename(&tmp, &p).map_err(|e| cp_err(&p, e))
     }
+}
+
+/// Writes `v` as JSON to `p` atomically: temp file, fsync, rename. A crash
+/// leaves either the old file or the new one.
+pub fn write_json_atomic<T: Serialize>(p: &Path, v: &T) -> Result<()> {
+    if let Some(dir) = p.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| cp_err(dir, e))?;
+    }
+    let tmp = p.with_extension("json.tmp");
+    let body = serde_json::to_vec_pretty(v).map_err(|e| cp_err(p, e))?;
+    let mut f = File::create(&tmp).map_err(|e| cp_err(&tmp, e))?;
+    f.write_all(&body)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| cp_err(&tmp, e))?;
+    std::fs::rename(&tmp, p).map_err(|e| cp_err(p, e))
 }
 
 fn cp_err(p: &Path, e: impl std::fmt::Display) -> Error {

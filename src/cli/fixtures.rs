@@ -78,7 +78,7 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
         None => (s, 1.0),
     };
     let v: f64 = num.parse().map_err(|_| format!("not a duration: {s:?}"))?;
-    if !(v >= 0.0) {
+    if v.is_nan() || v < 0.0 {
         return Err(format!("not a duration: {s:?}"));
     }
     Ok(Duration::from_secs_f64(v * mult))

@@ -18,11 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::producer::Producer;
 use rdkafka::util::Timeout;
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
 use sqlx::mysql::MySqlPool;
 use tokio::task::JoinHandle;
@@ -34,6 +31,7 @@ use crate::mapping::{self, keys, MapContext, Reject, SrcVal, TableSpec};
 use crate::position::Position;
 use crate::sink::hbase::thrift2::TPut;
 use crate::sink::hbase::{cells, HbaseClient};
+use crate::sink::kafka::tx::{make_tx_producer, read_markers, send, TxProducer};
 use crate::sink::kafka::{self, event};
 use crate::telemetry::{Progress, TableCounters};
 
@@ -138,6 +136,14 @@ struct Chunk {
     hi: u64,
 }
 
+#[derive(Serialize, serde::Deserialize)]
+struct Marker {
+    #[serde(flatten)]
+    done: ChunkDone,
+    run: String,
+    shard: String,
+}
+
 struct TableRun {
     mapping: TableMapping,
     spec: &'static TableSpec,
@@ -157,6 +163,7 @@ struct Shared {
     queue: Mutex<VecDeque<Chunk>>,
     ctx: MapContext,
     position: String,
+    scope: String,
     rooms: Option<Vec<u64>>,
     dead: Mutex<JsonlAppender>,
     done: Mutex<JsonlAppender>,
@@ -164,8 +171,6 @@ struct Shared {
     paused: AtomicBool,
     stop: AtomicBool,
 }
-
-type TxProducer = ThreadedProducer<DefaultProducerContext>;
 
 pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
     let started = Instant::now();
@@ -312,20 +317,18 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
     }
     tracing::info!(run = %record.run_id, shard = %record.shard, start = %record.start_position, "base run {}", if existing { "resumed" } else { "started" });
 
+    // Markers and transactional ids are scoped by source database, run and
+    // shard: other jobs sharing the cluster and progress topic never collide.
+    let scope = format!("{database}/{}/{}", record.run_id, record.shard.file_stem());
     // Fence every producer an earlier attempt may have left mid-transaction,
     // then learn which chunks Kafka committed.
     let producers = if opts.targets.kafka {
         let k = cfg.kafka.clone();
-        let (run, stem, n, w) = (
-            record.run_id.clone(),
-            record.shard.file_stem(),
-            record.max_workers,
-            opts.workers,
-        );
+        let (txn, n, w) = (scope.replace('/', "-"), record.max_workers, opts.workers);
         blocking(move || {
             let mut ps = Vec::new();
             for i in 0..n {
-                let p = make_tx_producer(&k, &format!("falcon-base-{run}-{stem}-w{i}"))?;
+                let p = make_tx_producer(&k, &format!("falcon-base-{txn}-w{i}"))?;
                 if i < w {
                     ps.push(Arc::new(p));
                 }
@@ -340,13 +343,17 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
     let mut done_log = run_dir.done_log()?;
     if opts.targets.kafka && existing {
         let k = cfg.kafka.clone();
-        let prefix = format!("{}/{}/", record.run_id, record.shard.file_stem());
-        let committed = blocking(move || read_markers(&k, &prefix)).await?;
+        let prefix = format!("{scope}/");
+        let committed: Vec<ChunkDone> = blocking(move || read_markers(&k, &prefix))
+            .await?
+            .into_iter()
+            .filter_map(|p| serde_json::from_slice::<Marker>(&p).ok().map(|m| m.done))
+            .collect();
         for c in committed {
             let key = (c.table.clone(), c.chunk);
-            if !done.contains_key(&key) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = done.entry(key) {
                 done_log.append(&c)?;
-                done.insert(key, c);
+                slot.insert(c);
             }
         }
         done_log.sync()?;
@@ -401,6 +408,7 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
             default_version_ms: record.start_ts_ms,
         },
         position: record.start_position.to_string(),
+        scope,
         dead: Mutex::new(JsonlAppender::open(&run_dir.dead_path())?),
         done: Mutex::new(done_log),
         limiter: opts.max_rows_per_sec.map(RateLimiter::new),
@@ -605,11 +613,9 @@ fn plan_report(
     let est: u64 = list
         .iter()
         .map(|p| {
-            if p.chunks == 0 {
-                0
-            } else {
-                p.estimated_rows * p.chunks_this_shard / p.chunks
-            }
+            (p.estimated_rows * p.chunks_this_shard)
+                .checked_div(p.chunks)
+                .unwrap_or(0)
         })
         .sum();
     DryRun {
@@ -680,7 +686,7 @@ async fn inspect_table(pool: &MySqlPool, database: &str, m: TableMapping) -> Res
 
 /// Room ids, sorted: the fast path of the orphan check (a miss is re-checked
 /// against the database, so a room created during the copy is no orphan).
-async fn load_rooms(pool: &MySqlPool) -> Result<Option<Vec<u64>>> {
+pub(crate) async fn load_rooms(pool: &MySqlPool) -> Result<Option<Vec<u64>>> {
     let mut ids: Vec<u64> = match sqlx::query_scalar("SELECT room_id FROM room")
         .fetch_all(pool)
         .await
@@ -696,8 +702,13 @@ async fn load_rooms(pool: &MySqlPool) -> Result<Option<Vec<u64>>> {
     Ok(Some(ids))
 }
 
-async fn room_exists(sh: &Shared, cache: &mut HashSet<u64>, room: u64) -> Result<bool> {
-    let Some(rooms) = &sh.rooms else {
+pub(crate) async fn room_exists(
+    rooms: Option<&[u64]>,
+    pool: &MySqlPool,
+    cache: &mut HashSet<u64>,
+    room: u64,
+) -> Result<bool> {
+    let Some(rooms) = rooms else {
         return Ok(true);
     };
     if rooms.binary_search(&room).is_ok() || cache.contains(&room) {
@@ -705,7 +716,7 @@ async fn room_exists(sh: &Shared, cache: &mut HashSet<u64>, room: u64) -> Result
     }
     let found: Option<u64> = sqlx::query_scalar("SELECT room_id FROM room WHERE room_id = ?")
         .bind(room)
-        .fetch_optional(&sh.pool)
+        .fetch_optional(pool)
         .await
         .map_err(|e| Error::mysql("orphan check", e))?;
     if found.is_some() {
@@ -714,85 +725,15 @@ async fn room_exists(sh: &Shared, cache: &mut HashSet<u64>, room: u64) -> Result
     Ok(found.is_some())
 }
 
-fn make_tx_producer(
-    cfg: &crate::config::KafkaConfig,
-    transactional_id: &str,
-) -> Result<TxProducer> {
-    let mut c = kafka::producer_config(cfg);
-    c.set("transactional.id", transactional_id)
-        .set("transaction.timeout.ms", "60000")
-        .set("queue.buffering.max.kbytes", "32768");
-    let p: TxProducer = c.create().map_err(|e| Error::kafka("create producer", e))?;
-    p.init_transactions(Timeout::After(Duration::from_secs(60)))
-        .map_err(|e| Error::kafka(format!("init transactions ({transactional_id})"), e))?;
-    Ok(p)
-}
-
-#[derive(Serialize, serde::Deserialize)]
-struct Marker {
-    #[serde(flatten)]
-    done: ChunkDone,
-    run: String,
-    shard: String,
-}
-
-/// Reads the committed completion markers of this run and shard.
-fn read_markers(cfg: &crate::config::KafkaConfig, prefix: &str) -> Result<Vec<ChunkDone>> {
-    let consumer: BaseConsumer = kafka::base_config(cfg)
-        .set("group.id", "falcon-progress-reader")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .map_err(|e| Error::kafka("progress reader", e))?;
-    let topic = &cfg.progress_topic;
-    let (_, high) = consumer
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .map_err(|e| Error::kafka(format!("watermarks of {topic}"), e))?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .map_err(|e| Error::kafka("assign", e))?;
-    consumer
-        .assign(&tpl)
-        .map_err(|e| Error::kafka("assign", e))?;
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let pos = consumer
-            .position()
-            .ok()
-            .and_then(|p| p.find_partition(topic, 0).and_then(|e| e.offset().to_raw()))
-            .unwrap_or(0);
-        if pos >= high {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(Error::kafka(
-                format!("read {topic}"),
-                "timed out reading chunk markers",
-            ));
-        }
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) => {
-                if m.key().is_some_and(|k| k.starts_with(prefix.as_bytes())) {
-                    if let Some(Ok(mk)) = m.payload().map(serde_json::from_slice::<Marker>) {
-                        out.push(mk.done);
-                    }
-                }
-            }
-            Some(Err(e)) => return Err(Error::kafka(format!("read {topic}"), e)),
-            None => {}
-        }
-    }
-    Ok(out)
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Other(format!("blocking task: {e}")))?
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -1056,7 +997,7 @@ async fn copy_chunk(
         done.read += 1;
         let mut outcome = mapping::canonical(kind, &vals, &sh.ctx);
         if let (Ok(_), Some(room)) = (&outcome, mapping::required_room(kind, &vals)) {
-            if !room_exists(sh, room_cache, room).await? {
+            if !room_exists(sh.rooms.as_deref(), &sh.pool, room_cache, room).await? {
                 outcome = Err(mapping::Rejection {
                     reason: Reject::OrphanRoom,
                     detail: format!("room {room} does not exist"),
@@ -1177,13 +1118,7 @@ async fn copy_chunk(
             run: sh.record.run_id.clone(),
             shard: sh.record.shard.to_string(),
         };
-        let key = format!(
-            "{}/{}/{}/{}",
-            sh.record.run_id,
-            sh.record.shard.file_stem(),
-            name,
-            chunk.k
-        );
+        let key = format!("{}/{name}/{}", sh.scope, chunk.k);
         let payload = serde_json::to_vec(&marker).map_err(|e| Error::Other(e.to_string()))?;
         send(p, &sh.cfg.kafka.progress_topic, key.as_bytes(), &payload).await?;
         // HBase acknowledged every batch above: the marker may now commit.
@@ -1244,22 +1179,4 @@ async fn flush(
         l.submit(work).await?;
     }
     Ok(())
-}
-
-/// Enqueues one record, waiting while the producer's local queue is full.
-async fn send(p: &TxProducer, topic: &str, key: &[u8], payload: &[u8]) -> Result<()> {
-    let mut record = BaseRecord::to(topic).key(key).payload(payload);
-    loop {
-        match p.send(record) {
-            Ok(()) => return Ok(()),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                r,
-            )) => {
-                record = r;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err((e, _)) => return Err(Error::kafka(format!("produce to {topic}"), e)),
-        }
-    }
 }

@@ -58,6 +58,7 @@ fn describe(e: &thrift::Error) -> String {
             }
             inner.to_string()
         }
+        thrift::Error::Application(a) => format!("{} ({:?})", a.message, a.kind),
         other => other.to_string(),
     }
 }
@@ -264,14 +265,28 @@ impl HbaseClient {
         batch: i32,
         mut f: impl FnMut(TResult) -> Result<()>,
     ) -> Result<u64> {
-        let scan = TScan {
-            start_row: start,
-            stop_row: stop,
-            caching: Some(batch),
-            cache_blocks: Some(false),
-            max_versions: Some(1),
-            ..Default::default()
-        };
+        // Every optional field unset: the generated Default fills some with
+        // empty values (an empty filter string) that the gateway rejects.
+        let scan = TScan::new(
+            start,
+            stop,
+            None,
+            Some(batch),
+            Some(1),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            Some(false),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        );
         let id = self
             .client
             .open_scanner(table.as_bytes().to_vec(), scan)

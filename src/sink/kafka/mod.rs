@@ -1,6 +1,7 @@
 //! The Kafka write store: client settings, health check, topic creation.
 
 pub mod event;
+pub mod tx;
 
 use std::time::Duration;
 

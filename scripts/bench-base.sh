@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Benchmark of `falcon-migrate base` on the local stack, with each link's own
+# ceiling measured in the same run. Prints numbers; asserts nothing.
+#   scripts/bench-base.sh [MESSAGES]     (default 1000000)
+# Env: BENCH_WORKERS (default 4), BENCH_SKIP_GENERATE=1 to reuse the dataset.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+messages="${1:-1000000}"
+workers="${BENCH_WORKERS:-4}"
+db=legacy_chat_bench
+tag="b$(date +%s)"
+out="out/bench-base-$tag"
+mkdir -p "$out"
+
+bash scripts/stack.sh up >/dev/null
+# shellcheck source=scripts/stack/env.sh
+source scripts/stack/env.sh
+cargo build --release --quiet --bins
+admin=(mariadb --no-defaults --protocol=TCP -h 127.0.0.1 -P 3306 -u falcon_admin -pfalcon_admin)
+
+if [[ "${BENCH_SKIP_GENERATE:-}" != 1 ]]; then
+  "${admin[@]}" -e "CREATE DATABASE IF NOT EXISTS $db CHARACTER SET utf8mb4"
+  FALCON_MYSQL_ADMIN_URL="mysql://falcon_admin:falcon_admin@127.0.0.1:3306/$db" \
+    target/release/falcon-fixtures generate --messages "$messages" --seed 42 >"$out/generate.json"
+fi
+rows=$("${admin[@]}" -N -B "$db" -e "SELECT (SELECT COUNT(*) FROM message)+(SELECT COUNT(*) FROM room)+(SELECT COUNT(*) FROM account)+(SELECT COUNT(*) FROM room_member)")
+msgs=$("${admin[@]}" -N -B "$db" -e "SELECT COUNT(*) FROM message")
+
+config() { # config NAME -> path of a config with its own topics and tables
+  local f="$out/$1.toml"
+  {
+    printf '[source]\nurl = "mysql://falcon@127.0.0.1:3306/%s"\npassword_env = "FALCON_MYSQL_PASSWORD"\n' "$db"
+    printf '[kafka]\nbrokers = "127.0.0.1:9092"\npartitions = 8\nprogress_topic = "bench.%s.progress"\n' "$1"
+    printf '[hbase]\nthrift = "127.0.0.1:9090"\nsalt_buckets = 16\nid_map_table = "bench_%s_id_map"\n' "$1"
+    for t in account room room_member message; do
+      printf '[[table]]\nsource = "%s"\nkind = "%s"\ntopic = "bench.%s.%s"\nhbase_table = "bench_%s_%s"\n' "$t" "$t" "$1" "$t" "$1" "$t"
+    done
+  } >"$f"
+  echo "$f"
+}
+
+# run_base NAME TARGET -> "rows_per_s cpu_s peak_rss_kb"
+run_base() {
+  local cfg
+  cfg=$(config "$1")
+  /usr/bin/time -f "%U %S %M" -o "$out/$1.time" \
+    target/release/falcon-migrate base -c "$cfg" --state-dir "$out/state-$1" --target "$2" \
+    --workers "$workers" --json >"$out/$1.json" 2>"$out/$1.log" || true
+  local rps cpu rss
+  rps=$(python3 -c "import json,sys; print(round(json.load(open('$out/$1.json'))['rows_per_s']))")
+  read -r u s rss <"$out/$1.time"
+  cpu=$(python3 -c "print(round($u + $s, 2))")
+  echo "$rps $cpu $rss"
+}
+
+echo "dataset: $msgs messages, $rows rows in all (database $db)"
+read -r both_rps both_cpu both_rss < <(run_base "${tag}all" all)
+read -r kafka_rps kafka_cpu kafka_rss < <(run_base "${tag}kafka" kafka)
+read -r hbase_rps hbase_cpu hbase_rss < <(run_base "${tag}hbase" hbase)
+
+# Average event size, from the events the Kafka-only run wrote.
+evsize=$(kcat -C -b 127.0.0.1:9092 -t "bench.${tag}kafka.message" -o beginning -c 2000 -e -q -f '%S\n' 2>/dev/null |
+  awk '{ s += $1; n++ } END { if (n) printf "%d", s / n; else print 400 }')
+
+# Ceilings. Source: the stock client scanning the same tables, rows discarded.
+t0=$(date +%s.%N)
+for t in account room room_member message; do
+  "${admin[@]}" --quick -N -B "$db" -e "SELECT * FROM $t" >/dev/null
+done
+src_s=$(python3 -c "import time; print(max(time.time() - $t0, 1e-3))")
+src_rps=$(python3 -c "print(round($rows / $src_s))")
+
+# Kafka: its own producer performance tool, same record count and size, same producer settings.
+kafka_line=$(bash scripts/stack.sh kafka-class org.apache.kafka.tools.ProducerPerformance \
+  --topic "bench.${tag}.ceiling" --num-records "$rows" --record-size "$evsize" --throughput -1 \
+  --producer-props bootstrap.servers=127.0.0.1:9092 acks=all linger.ms=20 batch.size=1000000 \
+  compression.type=lz4 enable.idempotence=true 2>/dev/null | tail -1)
+kafka_ceiling=$(echo "$kafka_line" | sed -E 's/.* ([0-9.]+) records\/sec.*/\1/' | cut -d. -f1)
+
+# HBase: its own load tool, one client writing rows of the same shape (8 cells of the message row's size).
+cell=$(( (evsize - 250) / 8 )); ((cell > 8)) || cell=8
+pe_rows=$(( rows < 500000 ? rows : 500000 ))
+pe_log="$out/pe.log"
+bash scripts/stack.sh hbase-class org.apache.hadoop.hbase.PerformanceEvaluation --nomapred \
+  --rows="$pe_rows" --valueSize="$cell" --columns=8 --presplit=16 --autoFlush=false --table="bench_${tag}_pe" \
+  sequentialWrite 1 >"$pe_log" 2>&1 || true
+hbase_ceiling=$(grep -oE 'Throughput=[0-9.]+ row' "$pe_log" | tail -1 | grep -oE '[0-9.]+' | cut -d. -f1)
+if [[ -z "$hbase_ceiling" ]]; then
+  # PerformanceEvaluation prints "Finished ... in N ms at offset" per client.
+  ms=$(grep -oE 'Finished [^ ]+ in [0-9]+ms' "$pe_log" | tail -1 | grep -oE '[0-9]+ms' | tr -d ms)
+  hbase_ceiling=$([[ -n "$ms" ]] && python3 -c "print(round($pe_rows / ($ms / 1000)))" || echo 0)
+fi
+
+slowest=$(printf '%s\n' "$src_rps" "${kafka_ceiling:-0}" "${hbase_ceiling:-0}" | sort -n | head -1)
+ratio() { python3 -c "print(round($1 / max($2, 1), 2))"; }
+per_m() { python3 -c "print(round($1 / $rows * 1e6, 2))"; }
+us_row() { python3 -c "print(round($1 / $rows * 1e6, 2))"; }
+
+cat <<TXT
+== falcon-migrate base, $rows rows ($msgs messages), $workers workers, $(nproc) cores
+target       rows/s   cpu s   cpu s/M rows   µs/row   peak RSS MiB
+all        $(printf '%8s %7s %14s %8s %14s' "$both_rps" "$both_cpu" "$(per_m "$both_cpu")" "$(us_row "$both_cpu")" "$((both_rss / 1024))")
+kafka      $(printf '%8s %7s %14s %8s %14s' "$kafka_rps" "$kafka_cpu" "$(per_m "$kafka_cpu")" "$(us_row "$kafka_cpu")" "$((kafka_rss / 1024))")
+hbase      $(printf '%8s %7s %14s %8s %14s' "$hbase_rps" "$hbase_cpu" "$(per_m "$hbase_cpu")" "$(us_row "$hbase_cpu")" "$((hbase_rss / 1024))")
+== each link's own ceiling, same machine, same run
+source (mariadb --quick full scan)        $src_rps rows/s
+kafka  (ProducerPerformance, ${evsize} B)   ${kafka_ceiling:-?} records/s   base kafka-only: $(ratio "$kafka_rps" "${kafka_ceiling:-0}")x
+hbase  (PerformanceEvaluation, 8x${cell} B) ${hbase_ceiling:-?} rows/s   base hbase-only: $(ratio "$hbase_rps" "${hbase_ceiling:-0}")x
+slowest link ceiling: $slowest rows/s; base with both targets: $(ratio "$both_rps" "$slowest")x of it
+1.6e9 messages in 3.5 h need $(python3 -c "import math; print(round(1.6e9 / (3.5 * 3600)))") rows/s: $(python3 -c "import math; print(math.ceil(1.6e9 / (3.5 * 3600) / max($both_rps, 1)))") machines like this one at $both_rps rows/s each (stack included)
+details: $out
+TXT

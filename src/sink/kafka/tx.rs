@@ -1,0 +1,100 @@
+//! Transactional producing: one transaction per unit of work (a base chunk,
+//! a batch of binlog transactions), with a progress marker committed inside
+//! the same transaction so that the checkpoint and the events are atomic.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::config::KafkaConfig;
+use crate::error::{Error, Result};
+
+pub type TxProducer = ThreadedProducer<DefaultProducerContext>;
+
+/// A transactional producer, initialised: a previous producer with the same
+/// id is fenced and whatever transaction it left open is aborted.
+pub fn make_tx_producer(
+    cfg: &crate::config::KafkaConfig,
+    transactional_id: &str,
+) -> Result<TxProducer> {
+    let mut c = super::producer_config(cfg);
+    c.set("transactional.id", transactional_id)
+        .set("transaction.timeout.ms", "60000")
+        .set("queue.buffering.max.kbytes", "32768");
+    let p: TxProducer = c.create().map_err(|e| Error::kafka("create producer", e))?;
+    p.init_transactions(Timeout::After(Duration::from_secs(60)))
+        .map_err(|e| Error::kafka(format!("init transactions ({transactional_id})"), e))?;
+    Ok(p)
+}
+
+/// Reads the committed records of the progress topic whose key starts with
+/// `prefix`, returning their payloads in order.
+pub fn read_markers(cfg: &KafkaConfig, prefix: &str) -> Result<Vec<Vec<u8>>> {
+    let consumer: BaseConsumer = super::base_config(cfg)
+        .set("group.id", "falcon-progress-reader")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .map_err(|e| Error::kafka("progress reader", e))?;
+    let topic = &cfg.progress_topic;
+    let (_, high) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .map_err(|e| Error::kafka(format!("watermarks of {topic}"), e))?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .map_err(|e| Error::kafka("assign", e))?;
+    consumer
+        .assign(&tpl)
+        .map_err(|e| Error::kafka("assign", e))?;
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pos = consumer
+            .position()
+            .ok()
+            .and_then(|p| p.find_partition(topic, 0).and_then(|e| e.offset().to_raw()))
+            .unwrap_or(0);
+        if pos >= high {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(Error::kafka(
+                format!("read {topic}"),
+                "timed out reading chunk markers",
+            ));
+        }
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) if m.key().is_some_and(|k| k.starts_with(prefix.as_bytes())) => {
+                if let Some(p) = m.payload() {
+                    out.push(p.to_vec());
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(Error::kafka(format!("read {topic}"), e)),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Enqueues one record, waiting while the producer's local queue is full.
+pub async fn send(p: &TxProducer, topic: &str, key: &[u8], payload: &[u8]) -> Result<()> {
+    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    loop {
+        match p.send(record) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                r,
+            )) => {
+                record = r;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => return Err(Error::kafka(format!("produce to {topic}"), e)),
+        }
+    }
+}
