@@ -15,6 +15,8 @@ mkdir -p "$out"
 bash scripts/stack.sh up >/dev/null
 # shellcheck source=scripts/stack/env.sh
 source scripts/stack/env.sh
+# The generated configs below name their own database: no URL override.
+unset FALCON_MYSQL_URL FALCON_KAFKA_BROKERS FALCON_HBASE_THRIFT
 cargo build --release --quiet --bins
 admin=(mariadb --no-defaults --protocol=TCP -h 127.0.0.1 -P 3306 -u falcon_admin -pfalcon_admin)
 

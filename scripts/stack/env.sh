@@ -4,6 +4,7 @@
 #
 # HBase Thrift2 gateway: plain (unframed) socket transport + TBinaryProtocol.
 export FALCON_MYSQL_URL="${FALCON_MYSQL_URL:-mysql://falcon:falcon@127.0.0.1:3306/legacy_chat}"
+export FALCON_MYSQL_PASSWORD="${FALCON_MYSQL_PASSWORD:-falcon}"
 export FALCON_MYSQL_ADMIN_URL="${FALCON_MYSQL_ADMIN_URL:-mysql://falcon_admin:falcon_admin@127.0.0.1:3306/legacy_chat}"
 export FALCON_KAFKA_BROKERS="${FALCON_KAFKA_BROKERS:-127.0.0.1:9092}"
 export FALCON_HBASE_THRIFT="${FALCON_HBASE_THRIFT:-127.0.0.1:9090}"
