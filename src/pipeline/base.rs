@@ -29,8 +29,8 @@ use crate::config::{Config, TableMapping};
 use crate::error::{Error, Result};
 use crate::mapping::{self, keys, MapContext, Reject, SrcVal, TableSpec};
 use crate::position::Position;
-use crate::sink::hbase::thrift2::TPut;
-use crate::sink::hbase::{cells, HbaseClient};
+use crate::sink::hbase::wire::PutBuf;
+use crate::sink::hbase::HbaseClient;
 use crate::sink::kafka::tx::{make_tx_producer, read_markers, send, TxProducer};
 use crate::sink::kafka::{self, event};
 use crate::telemetry::{Progress, TableCounters};
@@ -818,7 +818,7 @@ impl HbaseLane {
         Ok(())
     }
 
-    async fn submit(&mut self, batch: Vec<(String, Vec<TPut>)>) -> Result<()> {
+    async fn submit(&mut self, batch: Vec<(String, PutBuf)>) -> Result<()> {
         self.wait().await?;
         let mut client = match self.client.take() {
             Some(c) => c,
@@ -830,7 +830,7 @@ impl HbaseLane {
         self.pending = Some(tokio::task::spawn_blocking(move || {
             let mut r = Ok(());
             for (table, puts) in batch {
-                r = client.put_multiple(&table, puts);
+                r = client.put_encoded(&table, &puts);
                 if r.is_err() {
                     break;
                 }
@@ -850,23 +850,21 @@ impl HbaseLane {
 }
 
 struct Batch {
-    main: Vec<TPut>,
-    id_map: Vec<TPut>,
+    main: PutBuf,
+    id_map: PutBuf,
     rows: usize,
-    bytes: usize,
 }
 
 impl Batch {
     fn new() -> Self {
         Batch {
-            main: Vec::with_capacity(BATCH_ROWS),
-            id_map: Vec::new(),
+            main: PutBuf::default(),
+            id_map: PutBuf::default(),
             rows: 0,
-            bytes: 0,
         }
     }
     fn full(&self) -> bool {
-        self.rows >= BATCH_ROWS || self.bytes >= BATCH_BYTES
+        self.rows >= BATCH_ROWS || self.main.bytes() + self.id_map.bytes() >= BATCH_BYTES
     }
 }
 
@@ -1053,21 +1051,16 @@ async fn copy_chunk(
                     done.kafka += 1;
                 }
                 if sh.opts.targets.hbase {
-                    batch.bytes += c
-                        .cells
-                        .iter()
-                        .map(|x| x.value.as_ref().map_or(0, |v| v.len() + x.name.len()))
-                        .sum::<usize>();
-                    batch.main.push(cells::put(&c, &family));
+                    batch.main.push_canonical(&c, &family);
                     if let Some((legacy, new_id, room)) = c.id_pair {
-                        batch.id_map.extend(cells::id_map_puts(
+                        batch.id_map.push_id_map(
                             legacy,
                             new_id,
                             room,
                             sh.ctx.salt_buckets,
                             sh.ctx.epoch_ms,
                             &family,
-                        ));
+                        );
                     }
                     done.hbase += 1;
                 }
@@ -1170,7 +1163,6 @@ async fn flush(
     let main = std::mem::take(&mut batch.main);
     let ids = std::mem::take(&mut batch.id_map);
     batch.rows = 0;
-    batch.bytes = 0;
     if let Some(l) = lane {
         let mut work = vec![(table.to_string(), main)];
         if !ids.is_empty() {

@@ -24,6 +24,9 @@ type Client =
 pub struct HbaseClient {
     client: Client,
     addr: String,
+    framed: bool,
+    /// Connection for the hand-encoded `putMultiple` (see `wire`).
+    raw: Option<super::wire::RawConn>,
 }
 
 /// Splits `ns:table` into its Thrift name.
@@ -129,6 +132,8 @@ impl HbaseClient {
         let mut c = HbaseClient {
             client: THBaseServiceSyncClient::new(i, o),
             addr: addr.to_string(),
+            framed,
+            raw: None,
         };
         // A real request proves the gateway speaks our transport and reaches HBase.
         c.client
@@ -221,6 +226,41 @@ impl HbaseClient {
         self.client
             .put_multiple(table.as_bytes().to_vec(), puts)
             .map_err(err(format!("putMultiple {table}")))
+    }
+
+    /// Writes rows encoded by [`super::wire::PutBuf`] in one call.
+    pub fn put_encoded(&mut self, table: &str, puts: &super::wire::PutBuf) -> Result<()> {
+        if puts.is_empty() {
+            return Ok(());
+        }
+        if self.raw.is_none() {
+            let unreachable = |message: String| Error::Unreachable {
+                what: "HBase Thrift2 gateway",
+                target: self.addr.clone(),
+                message,
+            };
+            let sock = self
+                .addr
+                .to_socket_addrs()
+                .map_err(|e| unreachable(e.to_string()))?
+                .next()
+                .ok_or_else(|| unreachable("no address".into()))?;
+            let s = TcpStream::connect_timeout(&sock, Duration::from_secs(5))
+                .map_err(|e| unreachable(e.to_string()))?;
+            s.set_nodelay(true).ok();
+            s.set_read_timeout(Some(Duration::from_secs(120))).ok();
+            self.raw = Some(
+                super::wire::RawConn::new(s, self.framed)
+                    .map_err(|e| unreachable(e.to_string()))?,
+            );
+        }
+        let raw = self.raw.as_mut().expect("connected above");
+        let r = raw.put_multiple(table, puts);
+        if r.is_err() {
+            // The stream may be mid-message: never reuse it.
+            self.raw = None;
+        }
+        r
     }
 
     pub fn delete_multiple(&mut self, table: &str, deletes: Vec<TDelete>) -> Result<()> {

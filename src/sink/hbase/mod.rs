@@ -5,5 +5,6 @@ pub mod client;
 #[allow(clippy::all, clippy::pedantic, dead_code, unused_imports, unused_variables, unused_mut)]
 #[rustfmt::skip]
 pub mod thrift2;
+pub mod wire;
 
 pub use client::HbaseClient;
