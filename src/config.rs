@@ -340,6 +340,11 @@ impl Config {
         Ok(opts.charset("utf8mb4"))
     }
 
+    /// The resolved source password (for the binlog client, which does not use sqlx).
+    pub fn source_password(&self) -> Option<&str> {
+        self.source.password.as_deref()
+    }
+
     /// `host:port` of the source, for messages.
     pub fn source_endpoint(&self) -> String {
         let rest = self.source.url.split_once("://").map(|x| x.1).unwrap_or("");

@@ -20,3 +20,4 @@ pub mod checkpoint;
 pub mod mapping;
 pub mod pipeline;
 pub mod telemetry;
+pub mod verify;

@@ -1,3 +1,4 @@
 //! The phases: `base` (bulk copy), and later `diff` and `verify` flows.
 
 pub mod base;
+pub mod diff;

@@ -1,3 +1,4 @@
 //! The MySQL source: connections, the binlog position, table readers.
 
+pub mod binlog;
 pub mod mysql;

@@ -415,3 +415,266 @@ impl Job {
         out
     }
 }
+
+/// Qualifier → (value, timestamp) of one stored HBase row.
+pub type StoredCells = BTreeMap<String, (Vec<u8>, i64)>;
+
+/// Helpers of the verify tests: run `verify`, and tamper with the targets
+/// behind the tool's back.
+impl Job {
+    pub fn verify(&self, args: &[&str]) -> Outcome {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_falcon-migrate"));
+        c.arg("verify")
+            .arg("-c")
+            .arg(&self.config_path)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--json")
+            .args(args)
+            .env("FALCON_MYSQL_PASSWORD", "falcon")
+            .env_remove("FALCON_MYSQL_URL")
+            .env_remove("FALCON_KAFKA_BROKERS")
+            .env_remove("FALCON_HBASE_THRIFT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Outcome::from(c.output().unwrap())
+    }
+
+    /// Runs one statement on the source with the admin account.
+    pub async fn admin_exec(&self, sql: &str) {
+        let pool = self.pool().await;
+        sqlx::query(sql).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+
+    /// Message id → (row key, qualifier → (value, timestamp)) of the HBase message table.
+    pub fn hbase_messages(&self) -> BTreeMap<u64, (Vec<u8>, StoredCells)> {
+        let mut out = BTreeMap::new();
+        self.hbase()
+            .scan(&self.hbase_table("message"), None, None, 1000, |r| {
+                let cells: StoredCells = r
+                    .column_values
+                    .iter()
+                    .map(|cv| {
+                        (
+                            String::from_utf8_lossy(&cv.qualifier).into_owned(),
+                            (cv.value.clone(), cv.timestamp.unwrap_or(-1)),
+                        )
+                    })
+                    .collect();
+                let id: u64 = String::from_utf8(cells["message_id"].0.clone())
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                out.insert(id, (r.row.unwrap_or_default(), cells));
+                Ok(())
+            })
+            .unwrap();
+        out
+    }
+
+    /// Puts cells (qualifier, value) into a row of `source`'s HBase table at `ts`.
+    pub fn hbase_put(&self, source: &str, row_key: &[u8], cells: &[(&str, &[u8])], ts: i64) {
+        use falcon_migrate::sink::hbase::thrift2::{TColumnValue, TPut};
+        let cols = cells
+            .iter()
+            .map(|(q, v)| TColumnValue {
+                family: self.config.hbase.column_family.as_bytes().to_vec(),
+                qualifier: q.as_bytes().to_vec(),
+                value: v.to_vec(),
+                timestamp: Some(ts),
+                tags: None,
+                type_: None,
+            })
+            .collect();
+        let put = TPut::new(row_key.to_vec(), cols, Some(ts), None, None, None);
+        self.hbase()
+            .put_multiple(&self.hbase_table(source), vec![put])
+            .unwrap();
+    }
+
+    /// Deletes a whole row of `source`'s HBase table.
+    pub fn hbase_delete_row(&self, source: &str, row_key: &[u8]) {
+        use falcon_migrate::sink::hbase::thrift2::TDelete;
+        let d = TDelete::new(row_key.to_vec(), None, None, None, None, None);
+        self.hbase()
+            .delete_multiple(&self.hbase_table(source), vec![d])
+            .unwrap();
+    }
+
+    /// Produces one record to `source`'s topic, keyed like base keys it (same partitioner).
+    pub fn kafka_produce(&self, source: &str, record_key: &str, payload: &[u8]) {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let topic = self.config.table(source).unwrap().topic.clone();
+        let p: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", BROKERS)
+            .set("partitioner", "murmur2_random")
+            .create()
+            .unwrap();
+        p.send(BaseRecord::to(&topic).key(record_key).payload(payload))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        p.flush(Duration::from_secs(30)).unwrap();
+    }
+}
+
+/// Cell values only: what a reader sees, whatever the timestamps.
+pub type Values = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
+
+pub fn values_of(m: &BTreeMap<String, BTreeMap<String, (Vec<u8>, i64)>>) -> Values {
+    m.iter()
+        .map(|(k, cells)| {
+            (
+                k.clone(),
+                cells
+                    .iter()
+                    .map(|(q, (v, _))| (q.clone(), v.clone()))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+impl Job {
+    /// The real binary running subcommand `sub` on this job, with `--json`.
+    pub fn migrate_command(&self, sub: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_falcon-migrate"));
+        c.arg(sub)
+            .arg("-c")
+            .arg(&self.config_path)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--json")
+            .args(args)
+            .env("FALCON_MYSQL_PASSWORD", "falcon")
+            .env_remove("FALCON_MYSQL_URL")
+            .env_remove("FALCON_KAFKA_BROKERS")
+            .env_remove("FALCON_HBASE_THRIFT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    pub fn diff(&self, args: &[&str]) -> Outcome {
+        Outcome::from(self.migrate_command("diff", args).output().unwrap())
+    }
+
+    /// Live writes against the job's database (`falcon-fixtures churn`, in process).
+    pub async fn churn(
+        &self,
+        rate: f64,
+        secs: f64,
+        seed: u64,
+    ) -> falcon_migrate::fixtures::churn::ChurnReport {
+        let log = self.dir.join(format!("churn-{seed}.jsonl"));
+        falcon_migrate::fixtures::churn::churn(
+            &format!("{ADMIN}/{}", self.database),
+            &falcon_migrate::fixtures::churn::ChurnOptions {
+                rate,
+                duration: Duration::from_secs_f64(secs),
+                seed,
+                log: Some(log),
+            },
+        )
+        .await
+        .expect("churn")
+    }
+
+    /// The churn log of `seed`: (op, message id) per applied change.
+    pub fn churn_log(&self, seed: u64) -> Vec<(String, u64)> {
+        std::fs::read_to_string(self.dir.join(format!("churn-{seed}.jsonl")))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["op"].as_str().unwrap().to_string(),
+                    v["message_id"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Runs SQL statements on the job's database as the admin.
+    pub async fn sql(&self, statements: &[&str]) {
+        let pool = self.pool().await;
+        for s in statements {
+            sqlx::query(s)
+                .execute(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+    }
+
+    /// What each table's rows map to (key → column → value), from the source now.
+    pub async fn expected_rows(
+        &self,
+        source: &str,
+    ) -> HashMap<String, BTreeMap<String, Option<String>>> {
+        let ctx = MapContext {
+            salt_buckets: self.config.hbase.salt_buckets,
+            epoch_ms: self.config.ids.epoch_ms,
+            default_version_ms: 0,
+        };
+        let pool = self.pool().await;
+        let t = self.config.table(source).unwrap();
+        let spec = mapping::spec(t.kind);
+        let rooms: std::collections::HashSet<u64> = sqlx::query_scalar("SELECT room_id FROM room")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        let rows = sqlx::query(&format!("SELECT {} FROM `{}`", spec.select_list(), source))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        rows.iter()
+            .filter_map(|r| {
+                let vals = spec.decode(r).unwrap();
+                if mapping::required_room(t.kind, &vals).is_some_and(|room| !rooms.contains(&room))
+                {
+                    return None;
+                }
+                let c = mapping::canonical(t.kind, &vals, &ctx).ok()?;
+                Some((
+                    c.key.clone(),
+                    c.cells
+                        .iter()
+                        .map(|x| (x.name.to_string(), x.value.clone()))
+                        .collect(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Kafka folded to each key's latest committed event: its data as text
+    /// (None for a hard delete's removal event).
+    pub fn kafka_rows(
+        &self,
+        source: &str,
+    ) -> HashMap<String, Option<BTreeMap<String, Option<String>>>> {
+        self.kafka_events(source)
+            .into_iter()
+            .map(|(k, v)| {
+                let data = v["data"].as_object().map(|o| {
+                    o.iter()
+                        .map(|(n, x)| {
+                            (
+                                n.clone(),
+                                match x {
+                                    serde_json::Value::Null => None,
+                                    serde_json::Value::String(s) => Some(s.clone()),
+                                    other => Some(other.to_string()),
+                                },
+                            )
+                        })
+                        .collect()
+                });
+                (k, data)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Benchmark of `falcon-migrate verify` next to `base` on the same dataset, on
+# the local stack. Prints numbers; asserts nothing.
+#   scripts/bench-verify.sh [MESSAGES]     (default 200000)
+# Env: BENCH_WORKERS (default 4), BENCH_SKIP_GENERATE=1 to reuse the dataset.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+messages="${1:-200000}"
+workers="${BENCH_WORKERS:-4}"
+db=legacy_chat_bench_verify
+tag="v$(date +%s)"
+out="out/bench-verify-$tag"
+mkdir -p "$out"
+
+bash scripts/stack.sh up >/dev/null
+# shellcheck source=scripts/stack/env.sh
+source scripts/stack/env.sh
+unset FALCON_MYSQL_URL FALCON_KAFKA_BROKERS FALCON_HBASE_THRIFT
+export FALCON_MYSQL_PASSWORD="${FALCON_MYSQL_PASSWORD:-falcon}"
+cargo build --release --quiet --bins
+admin=(mariadb --no-defaults --protocol=TCP -h 127.0.0.1 -P 3306 -u falcon_admin -pfalcon_admin)
+
+if [[ "${BENCH_SKIP_GENERATE:-}" != 1 ]]; then
+  "${admin[@]}" -e "DROP DATABASE IF EXISTS $db; CREATE DATABASE $db CHARACTER SET utf8mb4"
+  FALCON_MYSQL_ADMIN_URL="mysql://falcon_admin:falcon_admin@127.0.0.1:3306/$db" \
+    target/release/falcon-fixtures generate --messages "$messages" --seed 42 >"$out/generate.json"
+fi
+rows=$("${admin[@]}" -N -B "$db" -e "SELECT (SELECT COUNT(*) FROM message)+(SELECT COUNT(*) FROM room)+(SELECT COUNT(*) FROM account)+(SELECT COUNT(*) FROM room_member)")
+msgs=$("${admin[@]}" -N -B "$db" -e "SELECT COUNT(*) FROM message")
+
+cfg="$out/falcon.toml"
+{
+  printf '[source]\nurl = "mysql://falcon@127.0.0.1:3306/%s"\npassword_env = "FALCON_MYSQL_PASSWORD"\n' "$db"
+  printf '[kafka]\nbrokers = "127.0.0.1:9092"\npartitions = 8\nprogress_topic = "bench.%s.progress"\n' "$tag"
+  printf '[hbase]\nthrift = "127.0.0.1:9090"\nsalt_buckets = 16\nid_map_table = "bench_%s_id_map"\n' "$tag"
+  for t in account room room_member message; do
+    printf '[[table]]\nsource = "%s"\nkind = "%s"\ntopic = "bench.%s.%s"\nhbase_table = "bench_%s_%s"\n' "$t" "$t" "$tag" "$t" "$tag" "$t"
+  done
+} >"$cfg"
+
+run() { # run NAME ARGS... ; JSON on $out/NAME.json, "user sys rss" on $out/NAME.time
+  local name=$1
+  shift
+  /usr/bin/time -f "%U %S %M" -o "$out/$name.time" \
+    target/release/falcon-migrate "$@" -c "$cfg" --state-dir "$out/state" --workers "$workers" --json \
+    >"$out/$name.json" 2>"$out/$name.log" || true
+}
+field() { python3 -c "import json,functools; v=functools.reduce(lambda o,k: o[k], '$2'.split('.'), json.load(open('$out/$1.json'))); print(round(v) if isinstance(v,float) else v)"; }
+cpu() { read -r u s _ <"$out/$1.time"; python3 -c "print(round($u + $s, 1))"; }
+rss() { read -r _ _ r <"$out/$1.time"; echo $((r / 1024)); }
+
+run base base
+run verify verify
+run verify_hbase verify --target hbase
+run verify_kafka verify --target kafka
+
+# What pushing the checksum down into MariaDB would cost: one full-table
+# COUNT + BIT_XOR of a per-row hash, computed by the server alone (it cannot
+# apply the mapping: UTF-8 and mojibake checks, orphans, new ids, row keys).
+t0=$(date +%s.%N)
+"${admin[@]}" -N -B "$db" -e "SELECT COUNT(*), BIT_XOR(CRC32(CONCAT_WS(0x1F, message_id, room_id, account_id, body, send_time, update_time, deleted))) FROM message" >/dev/null
+push_s=$(python3 -c "import time; print(max(time.time() - $t0, 1e-3))")
+push_rps=$(python3 -c "print(round($msgs / $push_s))")
+
+cat <<TXT
+== $rows rows ($msgs messages), $workers workers, $(nproc) cores (shared machine: numbers move with its load)
+run           identical  elapsed s    rows/s   cpu s  peak RSS MiB
+base (dead-l.) $(printf '%4s %10s %9s %7s %13s' "$(field base dead_lettered)dl" "$(field base elapsed_s)" "$(field base rows_per_s)" "$(cpu base)" "$(rss base)")
+verify all          $(printf '%4s %10s %9s %7s %13s' "$(field verify identical)" "$(field verify elapsed_s)" "$(field verify rows_per_s)" "$(cpu verify)" "$(rss verify)")
+verify hbase        $(printf '%4s %10s %9s %7s %13s' "$(field verify_hbase identical)" "$(field verify_hbase elapsed_s)" "$(field verify_hbase rows_per_s)" "$(cpu verify_hbase)" "$(rss verify_hbase)")
+verify kafka        $(printf '%4s %10s %9s %7s %13s' "$(field verify_kafka identical)" "$(field verify_kafka elapsed_s)" "$(field verify_kafka rows_per_s)" "$(cpu verify_kafka)" "$(rss verify_kafka)")
+== sides of 'verify all' (they run at the same time, sharing the cores)
+source (read + map + hash)   $(field verify source_rows_per_s) rows/s
+hbase scan                   $(field verify targets.hbase.rows_per_s) rows/s
+kafka fold                   $(field verify targets.kafka.rows_per_s) rows/s
+== source-side checksum alone ('verify --target kafka' source pass, Kafka read beside it)
+source                       $(field verify_kafka source_rows_per_s) rows/s
+pushed down (MariaDB COUNT+BIT_XOR(CRC32) of message, no mapping)  $push_rps rows/s
+verify all / base: $(python3 -c "print(round($(field verify rows_per_s) / max($(field base rows_per_s), 1), 2))")x
+details: $out
+TXT
