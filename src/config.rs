@@ -356,6 +356,29 @@ impl Config {
             .to_string()
     }
 
+    /// The mappings named by `--tables`, or all of them.
+    pub fn select_tables(&self, names: Option<&[String]>) -> Result<Vec<TableMapping>> {
+        let Some(names) = names else {
+            return Ok(self.tables.clone());
+        };
+        names
+            .iter()
+            .map(|n| {
+                self.table(n).cloned().ok_or_else(|| {
+                    Error::Usage(format!(
+                        "--tables: {n} is not mapped in {} (mapped: {})",
+                        self.path.display(),
+                        self.tables
+                            .iter()
+                            .map(|t| t.source.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })
+            })
+            .collect()
+    }
+
     pub fn table(&self, name: &str) -> Option<&TableMapping> {
         self.tables.iter().find(|t| t.source == name)
     }

@@ -122,6 +122,10 @@ impl Error {
                     || m.contains("connection refused")
                     || m.contains("regiontoobusy")
                     || m.contains("notservingregion")
+                    || m.contains("temporarily unavailable")
+                    || m.contains("transport error")
+                    || m.contains("calltimeout")
+                    || m.contains("pleaseholdexception")
             }
             _ => false,
         }

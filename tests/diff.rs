@@ -187,6 +187,10 @@ async fn base_during_live_churn_then_diff_until_now_converges_on_both_targets() 
     assert_eq!(replay.code, 0, "{}", replay.stderr);
     assert_eq!(replay.json()["applied_total"], s["applied_total"]);
     assert_converged(&job).await;
+    // The sign-off: verify finds both targets identical to the source.
+    let v = job.verify(&["--target", "all"]);
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+    assert_eq!(v.json()["identical"], true, "{}", v.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

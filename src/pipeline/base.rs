@@ -186,25 +186,7 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
     if !opts.targets.kafka && !opts.targets.hbase {
         return Err(Error::Usage("no target selected".into()));
     }
-    let mappings: Vec<TableMapping> = match &opts.tables {
-        None => cfg.tables.clone(),
-        Some(names) => names
-            .iter()
-            .map(|n| {
-                cfg.table(n).cloned().ok_or_else(|| {
-                    Error::Usage(format!(
-                        "--tables: {n} is not mapped in {} (mapped: {})",
-                        cfg.path.display(),
-                        cfg.tables
-                            .iter()
-                            .map(|t| t.source.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                })
-            })
-            .collect::<Result<_>>()?,
-    };
+    let mappings = cfg.select_tables(opts.tables.as_deref())?;
     let pool = crate::source::mysql::connect(&cfg, opts.workers as u32 + 2).await?;
     let database = cfg.database().unwrap_or_default();
     let mut tables = Vec::new();
@@ -324,11 +306,11 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
     // then learn which chunks Kafka committed.
     let producers = if opts.targets.kafka {
         let k = cfg.kafka.clone();
-        let (txn, n, w) = (scope.replace('/', "-"), record.max_workers, opts.workers);
+        let (scope, n, w) = (scope.clone(), record.max_workers, opts.workers);
         blocking(move || {
             let mut ps = Vec::new();
             for i in 0..n {
-                let p = make_tx_producer(&k, &format!("falcon-base-{txn}-w{i}"))?;
+                let p = make_tx_producer(&k, &txn_id(&scope, i))?;
                 if i < w {
                     ps.push(Arc::new(p));
                 }
@@ -429,7 +411,7 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
     let mut handles: Vec<JoinHandle<Result<()>>> = Vec::new();
     for w in 0..opts.workers {
         let producer = producers.get(w).cloned();
-        handles.push(tokio::spawn(worker(shared.clone(), producer)));
+        handles.push(tokio::spawn(worker(shared.clone(), w, producer)));
     }
     let sh = shared.clone();
     let work = async move {
@@ -631,40 +613,12 @@ fn plan_report(
     }
 }
 
-/// Checks the table and its columns exist and finds its key range.
+/// Checks the table and its columns exist, finds its key range, and prepares
+/// the chunk query.
 async fn inspect_table(pool: &MySqlPool, database: &str, m: TableMapping) -> Result<TableRun> {
-    let spec = mapping::spec(m.kind);
-    let t = &m.source;
-    let est: Option<u64> = sqlx::query_scalar(
-        "SELECT CAST(COALESCE(TABLE_ROWS, 0) AS UNSIGNED) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-    )
-    .bind(database)
-    .bind(t)
-    .fetch_optional(pool)
-    .await
-    .map_err(|e| Error::mysql(format!("look up table {t}"), e))?;
-    let Some(est) = est else {
-        return Err(Error::Usage(format!(
-            "source table {database}.{t} does not exist (mapped in the config as kind {})",
-            m.kind.as_str()
-        )));
-    };
-    let list = spec.select_list();
-    sqlx::query(&format!("SELECT {list} FROM `{t}` LIMIT 0"))
-        .execute(pool)
-        .await
-        .map_err(|e| {
-            Error::Usage(format!(
-                "source table {t} does not have the columns the {} mapping reads ({list}): {e}",
-                m.kind.as_str()
-            ))
-        })?;
-    let k = spec.leading_key();
-    let (min, max): (Option<u64>, Option<u64>) =
-        sqlx::query_as(&format!("SELECT MIN(`{k}`), MAX(`{k}`) FROM `{t}`"))
-            .fetch_one(pool)
-            .await
-            .map_err(|e| Error::mysql(format!("key range of {t}"), e))?;
+    let st = crate::source::mysql::inspect(pool, database, m).await?;
+    let (spec, t) = (st.spec, &st.mapping.source);
+    let (list, k) = (spec.select_list(), spec.leading_key());
     let pk = spec
         .primary_key
         .iter()
@@ -677,10 +631,10 @@ async fn inspect_table(pool: &MySqlPool, database: &str, m: TableMapping) -> Res
         ),
         spec,
         counters: Arc::new(TableCounters::default()),
-        min_key: min,
-        max_key: max,
-        estimated_rows: est,
-        mapping: m,
+        min_key: st.min,
+        max_key: st.max,
+        estimated_rows: st.estimated_rows,
+        mapping: st.mapping.clone(),
     })
 }
 
@@ -878,7 +832,13 @@ struct DeadLetter<'a> {
     values: BTreeMap<&'static str, SrcVal>,
 }
 
-async fn worker(sh: Arc<Shared>, producer: Option<Arc<TxProducer>>) -> Result<()> {
+/// The transactional id of worker `w`: the same on every attempt of the run,
+/// so a restarted worker fences its predecessor.
+fn txn_id(scope: &str, w: usize) -> String {
+    format!("falcon-base-{}-w{w}", scope.replace('/', "-"))
+}
+
+async fn worker(sh: Arc<Shared>, w: usize, mut producer: Option<Arc<TxProducer>>) -> Result<()> {
     let mut lane = sh.opts.targets.hbase.then(|| HbaseLane {
         addr: sh.cfg.hbase.thrift.clone(),
         framed: sh.cfg.hbase.framed,
@@ -913,13 +873,18 @@ async fn worker(sh: Arc<Shared>, producer: Option<Arc<TxProducer>>) -> Result<()
             match r {
                 Ok(()) => break,
                 Err(e) => {
-                    if let Some(p) = &producer {
-                        let p = p.clone();
+                    if let Some(p) = producer.take() {
+                        // Abort, then start over with a fresh producer: after a
+                        // fatal error (a transaction timed out and was fenced)
+                        // the old one cannot be used again.
                         let _ = blocking(move || {
                             p.abort_transaction(Timeout::After(Duration::from_secs(30)))
                                 .map_err(|e| Error::kafka("abort", e))
                         })
                         .await;
+                        let (k, id) = (sh.cfg.kafka.clone(), txn_id(&sh.scope, w));
+                        producer =
+                            Some(Arc::new(blocking(move || make_tx_producer(&k, &id)).await?));
                     }
                     if let Some(l) = lane.as_mut() {
                         l.reset().await;

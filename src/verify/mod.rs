@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::{Config, EntityKind, TableMapping};
+use crate::config::{Config, EntityKind};
 use crate::error::{Error, Result};
 use crate::mapping::MapContext;
 use crate::sink::hbase::HbaseClient;
@@ -185,28 +185,6 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn select_tables(cfg: &Config, names: &Option<Vec<String>>) -> Result<Vec<TableMapping>> {
-    match names {
-        None => Ok(cfg.tables.clone()),
-        Some(names) => names
-            .iter()
-            .map(|n| {
-                cfg.table(n).cloned().ok_or_else(|| {
-                    Error::Usage(format!(
-                        "--tables: {n} is not mapped in {} (mapped: {})",
-                        cfg.path.display(),
-                        cfg.tables
-                            .iter()
-                            .map(|t| t.source.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                })
-            })
-            .collect(),
-    }
-}
-
 fn mismatched(a: &[Digest], b: &[Digest]) -> HashSet<u32> {
     a.iter()
         .zip(b)
@@ -238,12 +216,12 @@ pub async fn run(cfg: Config, opts: VerifyOptions) -> Result<VerifySummary> {
             "--buckets and --kafka-memory-rows must be at least 1".into(),
         ));
     }
-    let mappings = select_tables(&cfg, &opts.tables)?;
+    let mappings = cfg.select_tables(opts.tables.as_deref())?;
     let pool = crate::source::mysql::connect(&cfg, opts.workers as u32 + 2).await?;
     let database = cfg.database().unwrap_or_default();
     let mut tables = Vec::new();
     for m in mappings {
-        tables.push(source::inspect(&pool, &database, m).await?);
+        tables.push(crate::source::mysql::inspect(&pool, &database, m).await?);
     }
     let htables: Vec<HbaseTable> = tables
         .iter()

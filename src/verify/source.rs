@@ -10,29 +10,15 @@ use sqlx::mysql::MySqlPool;
 
 use super::digest::{Digest, RowHasher};
 use super::rows::{Filter, SourceRow};
-use crate::config::TableMapping;
 use crate::error::{Error, Result};
-use crate::mapping::{self, MapContext, SrcVal, TableSpec};
+use crate::mapping::{self, MapContext, SrcVal};
 use crate::sink::kafka::event;
+pub use crate::source::mysql::SourceTable;
 
 /// Key values per range a worker streams.
 const RANGE_WIDTH: u64 = 50_000;
 /// Keys per `IN (…)` when rows are fetched by key.
 const KEYS_PER_QUERY: usize = 500;
-
-pub struct SourceTable {
-    pub mapping: TableMapping,
-    pub spec: &'static TableSpec,
-    pub min: Option<u64>,
-    pub max: Option<u64>,
-    pub estimated_rows: u64,
-}
-
-impl SourceTable {
-    pub fn name(&self) -> &str {
-        &self.mapping.source
-    }
-}
 
 pub struct Source {
     pub pool: MySqlPool,
@@ -71,49 +57,6 @@ impl SourcePass {
         self.skipped += o.skipped;
         self.kept.extend(o.kept);
     }
-}
-
-/// Checks the table and its columns exist and finds its key range.
-pub async fn inspect(pool: &MySqlPool, database: &str, m: TableMapping) -> Result<SourceTable> {
-    let spec = mapping::spec(m.kind);
-    let t = &m.source;
-    let est: Option<u64> = sqlx::query_scalar(
-        "SELECT CAST(COALESCE(TABLE_ROWS, 0) AS UNSIGNED) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-    )
-    .bind(database)
-    .bind(t)
-    .fetch_optional(pool)
-    .await
-    .map_err(|e| Error::mysql(format!("look up table {t}"), e))?;
-    let Some(est) = est else {
-        return Err(Error::Usage(format!(
-            "source table {database}.{t} does not exist (mapped in the config as kind {})",
-            m.kind.as_str()
-        )));
-    };
-    let list = spec.select_list();
-    sqlx::query(&format!("SELECT {list} FROM `{t}` LIMIT 0"))
-        .execute(pool)
-        .await
-        .map_err(|e| {
-            Error::Usage(format!(
-                "source table {t} does not have the columns the {} mapping reads ({list}): {e}",
-                m.kind.as_str()
-            ))
-        })?;
-    let k = spec.leading_key();
-    let (min, max): (Option<u64>, Option<u64>) =
-        sqlx::query_as(&format!("SELECT MIN(`{k}`), MAX(`{k}`) FROM `{t}`"))
-            .fetch_one(pool)
-            .await
-            .map_err(|e| Error::mysql(format!("key range of {t}"), e))?;
-    Ok(SourceTable {
-        spec,
-        min,
-        max,
-        estimated_rows: est,
-        mapping: m,
-    })
 }
 
 impl Source {

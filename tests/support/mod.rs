@@ -99,7 +99,7 @@ impl Job {
         let mut toml = format!(
             "[source]\nurl = \"mysql://falcon@127.0.0.1:3306/{database}\"\npassword_env = \"FALCON_MYSQL_PASSWORD\"\n\
              [kafka]\nbrokers = \"{BROKERS}\"\npartitions = 3\nprogress_topic = \"test.{tag}.progress\"\n\
-             [hbase]\nthrift = \"{THRIFT}\"\nsalt_buckets = 4\nid_map_table = \"test_{tag}_id_map\"\n"
+             [hbase]\nthrift = \"{THRIFT}\"\nsalt_buckets = 2\nid_map_table = \"test_{tag}_id_map\"\n"
         );
         for t in ["account", "room", "room_member", "message"] {
             toml.push_str(&format!(
@@ -124,22 +124,7 @@ impl Job {
     }
 
     pub fn base_command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_falcon-migrate"));
-        c.arg("base")
-            .arg("-c")
-            .arg(&self.config_path)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .arg("--json")
-            .args(args)
-            .env("FALCON_MYSQL_PASSWORD", "falcon")
-            .env_remove("FALCON_MYSQL_URL")
-            .env_remove("FALCON_KAFKA_BROKERS")
-            .env_remove("FALCON_HBASE_THRIFT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c
+        self.migrate_command("base", args)
     }
 
     pub fn base(&self, args: &[&str]) -> Outcome {
@@ -417,28 +402,37 @@ impl Job {
 }
 
 /// Qualifier → (value, timestamp) of one stored HBase row.
+/// A passing test drops its HBase tables: a standalone HBase on two cores
+/// slows down with every idle table it keeps. A failing one keeps them for
+/// inspection.
+impl Drop for Job {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let Ok(mut c) = HbaseClient::connect(THRIFT, false) else {
+            return;
+        };
+        let mut tables: Vec<&str> = self
+            .config
+            .tables
+            .iter()
+            .map(|t| t.hbase_table.as_str())
+            .collect();
+        tables.push(&self.config.hbase.id_map_table);
+        for t in tables {
+            let _ = c.drop_table(t);
+        }
+    }
+}
+
 pub type StoredCells = BTreeMap<String, (Vec<u8>, i64)>;
 
 /// Helpers of the verify tests: run `verify`, and tamper with the targets
 /// behind the tool's back.
 impl Job {
     pub fn verify(&self, args: &[&str]) -> Outcome {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_falcon-migrate"));
-        c.arg("verify")
-            .arg("-c")
-            .arg(&self.config_path)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .arg("--json")
-            .args(args)
-            .env("FALCON_MYSQL_PASSWORD", "falcon")
-            .env_remove("FALCON_MYSQL_URL")
-            .env_remove("FALCON_KAFKA_BROKERS")
-            .env_remove("FALCON_HBASE_THRIFT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        Outcome::from(c.output().unwrap())
+        Outcome::from(self.migrate_command("verify", args).output().unwrap())
     }
 
     /// Runs one statement on the source with the admin account.

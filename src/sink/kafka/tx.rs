@@ -23,7 +23,10 @@ pub fn make_tx_producer(
 ) -> Result<TxProducer> {
     let mut c = super::producer_config(cfg);
     c.set("transactional.id", transactional_id)
-        .set("transaction.timeout.ms", "60000")
+        // A chunk may take minutes when HBase is slow; the broker's default
+        // transaction.max.timeout.ms is 15 minutes. An attempt killed mid-chunk
+        // holds read_committed consumers back until resumed or this expires.
+        .set("transaction.timeout.ms", "300000")
         .set("queue.buffering.max.kbytes", "32768");
     let p: TxProducer = c.create().map_err(|e| Error::kafka("create producer", e))?;
     p.init_transactions(Timeout::After(Duration::from_secs(60)))
