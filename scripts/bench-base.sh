@@ -61,7 +61,7 @@ read -r kafka_rps kafka_cpu kafka_rss < <(run_base "${tag}kafka" kafka)
 read -r hbase_rps hbase_cpu hbase_rss < <(run_base "${tag}hbase" hbase)
 
 # Average event size, from the events the Kafka-only run wrote.
-evsize=$(kcat -C -b 127.0.0.1:9092 -t "bench.${tag}kafka.message" -o beginning -c 2000 -e -q -f '%S\n' 2>/dev/null |
+evsize=$( (kcat -C -b 127.0.0.1:9092 -t "bench.${tag}kafka.message" -o beginning -c 2000 -e -q -f '%S\n' 2>/dev/null || true) |
   awk '{ s += $1; n++ } END { if (n) printf "%d", s / n; else print 400 }')
 
 # Ceilings. Source: the stock client scanning the same tables, rows discarded.
@@ -76,23 +76,22 @@ src_rps=$(python3 -c "print(round($rows / $src_s))")
 kafka_line=$(bash scripts/stack.sh kafka-class org.apache.kafka.tools.ProducerPerformance \
   --topic "bench.${tag}.ceiling" --num-records "$rows" --record-size "$evsize" --throughput -1 \
   --producer-props bootstrap.servers=127.0.0.1:9092 acks=all linger.ms=20 batch.size=1000000 \
-  compression.type=lz4 enable.idempotence=true 2>/dev/null | tail -1)
+  compression.type=lz4 enable.idempotence=true 2>/dev/null | grep 'records sent' | tail -1 || true)
 kafka_ceiling=$(echo "$kafka_line" | sed -E 's/.* ([0-9.]+) records\/sec.*/\1/' | cut -d. -f1)
 
 # HBase: its own load tool, one client writing rows of the same shape (8 cells of the message row's size).
 cell=$(( (evsize - 250) / 8 )); ((cell > 8)) || cell=8
 pe_rows=$(( rows < 500000 ? rows : 500000 ))
-pe_log="$out/pe.log"
+# PerformanceEvaluation logs through log4j into the stack's hbase-tool.log.
+tool_log=.stack/logs/hbase-tool.log
+before=$( (wc -l <"$tool_log") 2>/dev/null || echo 0)
 bash scripts/stack.sh hbase-class org.apache.hadoop.hbase.PerformanceEvaluation --nomapred \
   --rows="$pe_rows" --valueSize="$cell" --columns=8 --presplit=16 --autoFlush=false --table="bench_${tag}_pe" \
-  sequentialWrite 1 >"$pe_log" 2>&1 || true
-hbase_ceiling=$(grep -oE 'Throughput=[0-9.]+ row' "$pe_log" | tail -1 | grep -oE '[0-9.]+' | cut -d. -f1)
-if [[ -z "$hbase_ceiling" ]]; then
-  # PerformanceEvaluation prints "Finished ... in N ms at offset" per client.
-  ms=$(grep -oE 'Finished [^ ]+ in [0-9]+ms' "$pe_log" | tail -1 | grep -oE '[0-9]+ms' | tr -d ms)
-  hbase_ceiling=$([[ -n "$ms" ]] && python3 -c "print(round($pe_rows / ($ms / 1000)))" || echo 0)
-fi
-
+  sequentialWrite 1 >"$out/pe.out" 2>&1 || true
+hbase_ceiling=$( (tail -n +"$((before + 1))" "$tool_log" 2>/dev/null || true) | grep 'Avg TPS/QPS' | tail -1 |
+  grep -oE '[0-9]+[[:space:]]+row per second' | grep -oE '^[0-9]+' || true)
+# Our HBase rows: one per source row, plus two id-map rows per message.
+hbase_rows_written=$((rows + 2 * msgs))
 slowest=$(printf '%s\n' "$src_rps" "${kafka_ceiling:-0}" "${hbase_ceiling:-0}" | sort -n | head -1)
 ratio() { python3 -c "print(round($1 / max($2, 1), 2))"; }
 per_m() { python3 -c "print(round($1 / $rows * 1e6, 2))"; }
@@ -107,7 +106,8 @@ hbase      $(printf '%8s %7s %14s %8s %14s' "$hbase_rps" "$hbase_cpu" "$(per_m "
 == each link's own ceiling, same machine, same run
 source (mariadb --quick full scan)        $src_rps rows/s
 kafka  (ProducerPerformance, ${evsize} B)   ${kafka_ceiling:-?} records/s   base kafka-only: $(ratio "$kafka_rps" "${kafka_ceiling:-0}")x
-hbase  (PerformanceEvaluation, 8x${cell} B) ${hbase_ceiling:-?} rows/s   base hbase-only: $(ratio "$hbase_rps" "${hbase_ceiling:-0}")x
+hbase  (PerformanceEvaluation, $pe_rows rows of 8x${cell} B, 1 client) ${hbase_ceiling:-?} rows/s
+       base hbase-only writes $(python3 -c "print(round($hbase_rps * $hbase_rows_written / $rows))") HBase rows/s (id map included): $(ratio "$(python3 -c "print(round($hbase_rps * $hbase_rows_written / $rows))")" "${hbase_ceiling:-0}")x
 slowest link ceiling: $slowest rows/s; base with both targets: $(ratio "$both_rps" "$slowest")x of it
 1.6e9 messages in 3.5 h need $(python3 -c "import math; print(round(1.6e9 / (3.5 * 3600)))") rows/s: $(python3 -c "import math; print(math.ceil(1.6e9 / (3.5 * 3600) / max($both_rps, 1)))") machines like this one at $both_rps rows/s each (stack included)
 details: $out

@@ -85,27 +85,10 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 }
 
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            };
-            let _ = e.print();
-            return code;
-        }
-    };
-    super::init_logging("info");
-    let rt = match super::runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    match rt.block_on(run(cli)) {
-        Ok(()) => exit::OK,
-        Err(e) => super::report_error(&e),
-    }
+    super::execute(
+        |_: &Cli| "info".to_string(),
+        |cli| async move { run(cli).await.map(|()| exit::OK) },
+    )
 }
 
 async fn run(cli: Cli) -> Result<()> {

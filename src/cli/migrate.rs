@@ -184,27 +184,10 @@ fn parse_position(s: &str) -> std::result::Result<Position, String> {
 }
 
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            };
-            let _ = e.print();
-            return code;
-        }
-    };
-    super::init_logging(&cli.log_level);
-    let rt = match super::runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    match rt.block_on(dispatch(cli.command)) {
-        Ok(code) => code,
-        Err(e) => super::report_error(&e),
-    }
+    super::execute(
+        |cli: &Cli| cli.log_level.clone(),
+        |cli| dispatch(cli.command),
+    )
 }
 
 async fn dispatch(cmd: Command) -> Result<i32> {

@@ -44,6 +44,36 @@ pub fn run_fixtures() -> i32 {
     fixtures::main()
 }
 
+/// Parses the command line (a usage error exits 2; `--help` and `--version`
+/// exit 0), sets up logging, and runs `body` to its exit status.
+pub(crate) fn execute<C, F>(log_level: impl Fn(&C) -> String, body: impl FnOnce(C) -> F) -> i32
+where
+    C: clap::Parser,
+    F: std::future::Future<Output = crate::Result<i32>>,
+{
+    let cli = match C::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_logging(&log_level(&cli));
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(body(cli)) {
+        Ok(code) => code,
+        Err(e) => report_error(&e),
+    }
+}
+
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, i32> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -66,6 +66,28 @@ fn describe(e: &thrift::Error) -> String {
     }
 }
 
+fn unreachable(addr: &str, message: String) -> Error {
+    Error::Unreachable {
+        what: "HBase Thrift2 gateway",
+        target: addr.to_string(),
+        message,
+    }
+}
+
+/// A TCP connection to the gateway: 5 s to connect, 120 s per reply.
+fn open_socket(addr: &str) -> Result<TcpStream> {
+    let sock = addr
+        .to_socket_addrs()
+        .map_err(|e| unreachable(addr, e.to_string()))?
+        .next()
+        .ok_or_else(|| unreachable(addr, "no address".into()))?;
+    let s = TcpStream::connect_timeout(&sock, Duration::from_secs(5))
+        .map_err(|e| unreachable(addr, e.to_string()))?;
+    s.set_nodelay(true).ok();
+    s.set_read_timeout(Some(Duration::from_secs(120))).ok();
+    Ok(s)
+}
+
 fn new_get(row: Vec<u8>) -> TGet {
     TGet::new(
         row,
@@ -88,20 +110,8 @@ fn new_get(row: Vec<u8>) -> TGet {
 
 impl HbaseClient {
     pub fn connect(addr: &str, framed: bool) -> Result<HbaseClient> {
-        let unreachable = |message: String| Error::Unreachable {
-            what: "HBase Thrift2 gateway",
-            target: addr.to_string(),
-            message,
-        };
-        let sock = addr
-            .to_socket_addrs()
-            .map_err(|e| unreachable(e.to_string()))?
-            .next()
-            .ok_or_else(|| unreachable("no address".into()))?;
-        let stream = TcpStream::connect_timeout(&sock, Duration::from_secs(5))
-            .map_err(|e| unreachable(e.to_string()))?;
-        stream.set_nodelay(true).ok();
-        stream.set_read_timeout(Some(Duration::from_secs(120))).ok();
+        let unreachable = |message: String| unreachable(addr, message);
+        let stream = open_socket(addr)?;
         let read = stream.try_clone().map_err(|e| unreachable(e.to_string()))?;
         let (i, o): (
             Box<dyn TInputProtocol + Send>,
@@ -234,24 +244,10 @@ impl HbaseClient {
             return Ok(());
         }
         if self.raw.is_none() {
-            let unreachable = |message: String| Error::Unreachable {
-                what: "HBase Thrift2 gateway",
-                target: self.addr.clone(),
-                message,
-            };
-            let sock = self
-                .addr
-                .to_socket_addrs()
-                .map_err(|e| unreachable(e.to_string()))?
-                .next()
-                .ok_or_else(|| unreachable("no address".into()))?;
-            let s = TcpStream::connect_timeout(&sock, Duration::from_secs(5))
-                .map_err(|e| unreachable(e.to_string()))?;
-            s.set_nodelay(true).ok();
-            s.set_read_timeout(Some(Duration::from_secs(120))).ok();
+            let s = open_socket(&self.addr)?;
             self.raw = Some(
                 super::wire::RawConn::new(s, self.framed)
-                    .map_err(|e| unreachable(e.to_string()))?,
+                    .map_err(|e| unreachable(&self.addr, e.to_string()))?,
             );
         }
         let raw = self.raw.as_mut().expect("connected above");
