@@ -10,6 +10,7 @@ use crate::config::{Config, ENV_CONFIG};
 use crate::error::{exit, Error, Result};
 use crate::pipeline::base::{self, BaseOptions, BaseOutcome, Targets};
 use crate::pipeline::diff::{self, DiffOptions};
+use crate::pipeline::watermark::{self, WatermarkOptions};
 use crate::position::Position;
 use crate::verify::VerifyOptions;
 
@@ -144,7 +145,7 @@ pub struct VerifyArgs {
 pub enum DiffMode {
     /// Replay the binlog (row events) from a position.
     Binlog,
-    /// Keyset on (update time, primary key) with an overlap window, for sources without a reachable binlog (not implemented yet).
+    /// Keyset on (update time, primary key) with an overlap window, for sources without a reachable binlog (message tables only; see the README for its blind spots).
     Watermark,
 }
 
@@ -176,6 +177,12 @@ pub struct DiffArgs {
     /// Seconds between progress log lines.
     #[arg(long, default_value_t = 10)]
     pub progress_interval: u64,
+    /// Watermark mode: start at this Unix time (seconds) instead of the run's checkpoint or the base's start.
+    #[arg(long)]
+    pub since: Option<u64>,
+    /// Watermark mode: re-read this many seconds before the watermark (rows committed late, clock skew).
+    #[arg(long, default_value_t = 300)]
+    pub overlap: u64,
 }
 
 fn parse_position(s: &str) -> std::result::Result<Position, String> {
@@ -416,11 +423,6 @@ async fn verify(args: VerifyArgs) -> Result<i32> {
 }
 
 async fn diff(args: DiffArgs) -> Result<i32> {
-    if args.mode == DiffMode::Watermark {
-        return Err(Error::Usage(
-            "diff --mode watermark is not implemented yet: use the binlog mode (see the README's diff section)".into(),
-        ));
-    }
     for (flag, id) in [
         ("--run-id", &args.run_id),
         ("--base-run-id", &args.base_run_id),
@@ -430,6 +432,14 @@ async fn diff(args: DiffArgs) -> Result<i32> {
                 "{flag} {id:?}: use letters, digits, '-', '_' or '.' (at most 64)"
             )));
         }
+    }
+    if args.mode == DiffMode::Watermark {
+        return diff_watermark(args).await;
+    }
+    if args.since.is_some() {
+        return Err(Error::Usage(
+            "--since is for --mode watermark; the binlog mode starts --from FILE:POS".into(),
+        ));
     }
     let cfg = Config::load(&args.common.config)?;
     let opts = DiffOptions {
@@ -484,6 +494,76 @@ async fn diff(args: DiffArgs) -> Result<i32> {
         print!("{words}");
     }
     Ok(if s.stopped == "interrupted" && !s.follow {
+        exit::INTERRUPTED
+    } else if s.dead_lettered > 0 {
+        exit::DEAD_LETTERED
+    } else {
+        exit::OK
+    })
+}
+
+async fn diff_watermark(args: DiffArgs) -> Result<i32> {
+    if args.follow {
+        return Err(Error::Usage(
+            "diff --mode watermark has no --follow: run it repeatedly (each run re-reads --overlap seconds before its watermark)".into(),
+        ));
+    }
+    if args.from.is_some() {
+        return Err(Error::Usage(
+            "--from FILE:POS is a binlog position: with --mode watermark use --since UNIX_SECONDS"
+                .into(),
+        ));
+    }
+    let cfg = Config::load(&args.common.config)?;
+    let opts = WatermarkOptions {
+        state_dir: args.common.state_dir.clone(),
+        run_id: args.run_id.clone(),
+        base_run_id: args.base_run_id.clone(),
+        since: args.since,
+        overlap_s: args.overlap,
+        page: args.max_batch,
+        progress_every: std::time::Duration::from_secs(args.progress_interval.max(1)),
+    };
+    let s = watermark::run(cfg, opts).await?;
+    let fmt = |m: &std::collections::BTreeMap<String, watermark::Watermark>| {
+        m.iter()
+            .map(|(t, w)| format!("{t}@({}, {})", w.version_s, w.id))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut words = format!(
+        "diff (watermark, overlap {}s) run {} from {} to {}{}: {} rows read, {} applied in {} transactions ({:.1}s, {:.0} rows/s), lag {:.1}s\n",
+        s.overlap_s,
+        s.run_id,
+        fmt(&s.from),
+        fmt(&s.to),
+        if s.stopped == "interrupted" { " (interrupted)" } else { "" },
+        s.events_read,
+        s.applied_total,
+        s.kafka_transactions,
+        s.elapsed_s,
+        s.changes_per_s,
+        s.lag_s,
+    );
+    if !s.skipped_tables.is_empty() {
+        words.push_str(&format!(
+            "  skipped (no version column): {}\n",
+            s.skipped_tables.join(", ")
+        ));
+    }
+    if s.dead_lettered > 0 {
+        words.push_str(&format!(
+            "{} rows dead-lettered: {}\n",
+            s.dead_lettered, s.dead_letter_file
+        ));
+    }
+    if args.common.json {
+        eprint!("{words}");
+        println!("{}", serde_json::to_string(&s).unwrap_or_default());
+    } else {
+        print!("{words}");
+    }
+    Ok(if s.stopped == "interrupted" {
         exit::INTERRUPTED
     } else if s.dead_lettered > 0 {
         exit::DEAD_LETTERED

@@ -129,25 +129,25 @@ impl Histogram {
 }
 
 #[derive(Default)]
-struct Planned {
+pub(crate) struct Planned {
     /// (topic, key, payload) in source order.
-    records: Vec<(String, String, Vec<u8>)>,
-    puts: BTreeMap<String, Vec<TPut>>,
-    deletes: BTreeMap<String, Vec<TDelete>>,
-    dead: Vec<Vec<u8>>,
+    pub(crate) records: Vec<(String, String, Vec<u8>)>,
+    pub(crate) puts: BTreeMap<String, Vec<TPut>>,
+    pub(crate) deletes: BTreeMap<String, Vec<TDelete>>,
+    pub(crate) dead: Vec<Vec<u8>>,
     applied: Vec<(usize, &'static str)>,
     dead_count: Vec<(usize, &'static str)>,
 }
 
 #[derive(Serialize)]
-struct DeadLetter<'a> {
-    table: &'a str,
-    position: &'a str,
-    op: &'static str,
-    key: String,
-    reason: &'static str,
-    detail: String,
-    values: BTreeMap<&'static str, SrcVal>,
+pub(crate) struct DeadLetter<'a> {
+    pub(crate) table: &'a str,
+    pub(crate) position: &'a str,
+    pub(crate) op: &'static str,
+    pub(crate) key: String,
+    pub(crate) reason: &'static str,
+    pub(crate) detail: String,
+    pub(crate) values: BTreeMap<&'static str, SrcVal>,
 }
 
 struct Applier {
@@ -538,7 +538,7 @@ fn prune_dead(p: &Path, start: &Position) -> Result<()> {
     })
 }
 
-fn dead_reasons(p: &Path) -> Result<BTreeMap<String, BTreeMap<String, u64>>> {
+pub(crate) fn dead_reasons(p: &Path) -> Result<BTreeMap<String, BTreeMap<String, u64>>> {
     let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     for v in read_jsonl::<serde_json::Value>(p)? {
         let t = v["table"].as_str().unwrap_or("").to_string();
@@ -548,12 +548,12 @@ fn dead_reasons(p: &Path) -> Result<BTreeMap<String, BTreeMap<String, u64>>> {
     Ok(out)
 }
 
-fn row_delete(row: &[u8], ts: u64) -> TDelete {
+pub(crate) fn row_delete(row: &[u8], ts: u64) -> TDelete {
     TDelete::new(row.to_vec(), None, Some(ts as i64), None, None, None)
 }
 
 /// Deletes every version of the named columns up to `ts`.
-fn columns_delete(row: &[u8], family: &[u8], names: &[&str], ts: u64) -> TDelete {
+pub(crate) fn columns_delete(row: &[u8], family: &[u8], names: &[&str], ts: u64) -> TDelete {
     let cols = names
         .iter()
         .map(|n| {
@@ -873,47 +873,25 @@ impl Applier {
     /// One Kafka transaction: the events, then (after HBase acknowledged) the
     /// marker of the position after the batch.
     async fn write(&mut self, plan: &Planned, end: &Position) -> Result<()> {
-        let p = self.producer.clone();
-        p.begin_transaction()
-            .map_err(|e| Error::kafka("begin transaction", e))?;
-        let puts = plan.puts.clone();
-        let deletes = plan.deletes.clone();
-        let client = self.hbase.take();
-        let (addr, framed) = (self.cfg.hbase.thrift.clone(), self.cfg.hbase.framed);
-        let hbase = tokio::task::spawn_blocking(move || {
-            let mut c = match client {
-                Some(c) => c,
-                None => HbaseClient::connect(&addr, framed)?,
-            };
-            for (t, v) in puts {
-                c.put_multiple(&t, v)?;
-            }
-            for (t, v) in deletes {
-                c.delete_multiple(&t, v)?;
-            }
-            Ok::<_, Error>(c)
-        });
-        let sent: Result<()> = async {
-            for (topic, key, payload) in &plan.records {
-                send(&p, topic, key.as_bytes(), payload).await?;
-            }
-            Ok(())
-        }
-        .await;
-        let sent_at = Instant::now();
-        let client = hbase
-            .await
-            .map_err(|e| Error::Other(format!("HBase writer: {e}")))??;
-        self.hbase = Some(client);
-        sent?;
-        let acked = Instant::now();
-        let r = self.send_marker_and_commit(end).await;
-        tracing::debug!(
-            hbase_wait_ms = acked.duration_since(sent_at).as_millis() as u64,
-            commit_ms = acked.elapsed().as_millis() as u64,
-            "batch written"
-        );
-        r
+        let marker = Checkpoint {
+            run: self.run_id.clone(),
+            position: end.clone(),
+            version_floor_ms: self.floor_ms,
+        };
+        let payload = serde_json::to_vec(&marker).map_err(|e| Error::Other(e.to_string()))?;
+        let what = format!("the batch ending at {end}");
+        write_batch(
+            &self.producer,
+            &mut self.hbase,
+            &self.cfg,
+            plan,
+            &marker_key(&self.run_id),
+            &payload,
+            &what,
+        )
+        .await?;
+        self.kafka_txs += 1;
+        Ok(())
     }
 
     async fn send_marker_and_commit(&mut self, end: &Position) -> Result<()> {
@@ -970,4 +948,75 @@ impl Applier {
         }
         self.checkpoint(end)
     }
+}
+
+/// One Kafka transaction holding a batch's events, with its HBase writes made
+/// meanwhile; after HBase acknowledged, the progress marker (`marker_key`,
+/// `marker`) is sent in the same transaction, which then commits. On error
+/// the caller aborts the transaction (see `abort`); `hbase` is left empty when
+/// the HBase writer failed.
+pub(crate) async fn write_batch(
+    producer: &Arc<TxProducer>,
+    hbase: &mut Option<HbaseClient>,
+    cfg: &Config,
+    plan: &Planned,
+    marker_key: &str,
+    marker: &[u8],
+    what: &str,
+) -> Result<()> {
+    let p = producer.clone();
+    p.begin_transaction()
+        .map_err(|e| Error::kafka("begin transaction", e))?;
+    let puts = plan.puts.clone();
+    let deletes = plan.deletes.clone();
+    let client = hbase.take();
+    let (addr, framed) = (cfg.hbase.thrift.clone(), cfg.hbase.framed);
+    let task = tokio::task::spawn_blocking(move || {
+        let mut c = match client {
+            Some(c) => c,
+            None => HbaseClient::connect(&addr, framed)?,
+        };
+        for (t, v) in puts {
+            c.put_multiple(&t, v)?;
+        }
+        for (t, v) in deletes {
+            c.delete_multiple(&t, v)?;
+        }
+        Ok::<_, Error>(c)
+    });
+    let sent: Result<()> = async {
+        for (topic, key, payload) in &plan.records {
+            send(&p, topic, key.as_bytes(), payload).await?;
+        }
+        Ok(())
+    }
+    .await;
+    let sent_at = Instant::now();
+    let client = task
+        .await
+        .map_err(|e| Error::Other(format!("HBase writer: {e}")))??;
+    *hbase = Some(client);
+    sent?;
+    let acked = Instant::now();
+    send(&p, &cfg.kafka.progress_topic, marker_key.as_bytes(), marker).await?;
+    let r = tokio::task::block_in_place(|| {
+        p.commit_transaction(Timeout::After(Duration::from_secs(120)))
+    })
+    .map_err(|e| Error::kafka(format!("commit {what}"), e));
+    tracing::debug!(
+        hbase_wait_ms = acked.duration_since(sent_at).as_millis() as u64,
+        commit_ms = acked.elapsed().as_millis() as u64,
+        "batch written"
+    );
+    r
+}
+
+/// Aborts the producer's open transaction (best effort).
+pub(crate) async fn abort(producer: &Arc<TxProducer>) {
+    let p = producer.clone();
+    let _ = blocking(move || {
+        p.abort_transaction(Timeout::After(Duration::from_secs(30)))
+            .map_err(|e| Error::kafka("abort", e))
+    })
+    .await;
 }
