@@ -16,6 +16,24 @@ pub struct TableCounters {
     pub kafka: AtomicU64,
     pub hbase: AtomicU64,
     pub dead: AtomicU64,
+    /// Chunks this process copies, and how many are finished: the row
+    /// estimate is corrected from them as the copy goes.
+    pub chunks_total: AtomicU64,
+    pub chunks_done: AtomicU64,
+}
+
+impl TableCounters {
+    /// Rows this process will read: the planner's estimate until chunks
+    /// finish, then extrapolated from the finished chunks.
+    pub fn expected(&self, estimate: u64) -> u64 {
+        let read = self.read.load(Ordering::Relaxed);
+        let (total, done) = (
+            self.chunks_total.load(Ordering::Relaxed),
+            self.chunks_done.load(Ordering::Relaxed),
+        );
+        let from_chunks = (read as u128 * total as u128).checked_div(done as u128).unwrap_or(0) as u64;
+        if done == 0 { estimate.max(read) } else { from_chunks.max(read) }
+    }
 }
 
 pub struct TableProgress {
@@ -73,13 +91,12 @@ impl Progress {
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
         for t in &self.tables {
             let read = t.counters.read.load(Ordering::Relaxed);
-            if read > t.bar.length().unwrap_or(0) {
-                t.bar.set_length(read);
-            }
+            let expected = t.counters.expected(t.expected);
+            t.bar.set_length(expected.max(1));
             t.bar.set_position(read);
             if log && !self.tty {
                 let rate = read as f64 / secs;
-                let left = t.expected.saturating_sub(read);
+                let left = expected.saturating_sub(read);
                 let eta = if rate > 0.0 {
                     format!("{:.0}s", left as f64 / rate)
                 } else {
@@ -88,7 +105,7 @@ impl Progress {
                 tracing::info!(
                     table = %t.name,
                     rows = read,
-                    expected = t.expected,
+                    expected,
                     rows_per_s = rate as u64,
                     dead_lettered = t.counters.dead.load(Ordering::Relaxed),
                     eta = %eta,

@@ -186,6 +186,67 @@ fn hbase_cell_round_trips_with_its_timestamp() {
     assert_eq!(cell.timestamp, Some(ts));
 }
 
+/// The operator's HBase shell (`scripts/stack.sh hbase-shell`) reads commands
+/// from stdin and sees what the Thrift2 gateway wrote.
+#[test]
+fn hbase_shell_counts_and_gets_rows_written_through_thrift() {
+    let mut hb = HbaseClient::connect(&hbase_thrift(), false)
+        .unwrap_or_else(|e| panic!("{STACK_DOWN}: {e}"));
+    let table = unique("falcon_test_shell");
+    hb.ensure_table(&table, "d", vec![]).expect("create table");
+    let puts = (0..3u8)
+        .map(|i| {
+            TPut::new(
+                format!("row{i}").into_bytes(),
+                vec![TColumnValue::new(
+                    b"d".to_vec(),
+                    b"n".to_vec(),
+                    vec![b'a' + i],
+                    None,
+                    None,
+                    None,
+                )],
+                None,
+                None,
+                None,
+                None,
+            )
+        })
+        .collect();
+    hb.put_multiple(&table, puts).expect("put");
+    let script = format!("count '{table}'\nget '{table}', 'row1'\n");
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let mut child = std::process::Command::new("bash")
+        .arg(format!("{repo}/scripts/stack.sh"))
+        .arg("hbase-shell")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the HBase shell");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let dropped = hb.drop_table(&table);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("3 row(s)"), "{stdout}");
+    assert!(
+        stdout.contains("d:n") && stdout.contains("value=b"),
+        "{stdout}"
+    );
+    dropped.expect("drop table");
+}
+
 // ----------------------------------------------------------------------------- MySQL
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

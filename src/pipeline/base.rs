@@ -360,6 +360,7 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
                     hi: (k + 1).saturating_mul(chunk_rows),
                 });
                 expected[ti] += per_chunk.max(1);
+                t.counters.chunks_total.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -1098,6 +1099,7 @@ async fn copy_chunk(
         .fetch_add(done.read - reported, Ordering::Relaxed);
     t.counters.kafka.fetch_add(done.kafka, Ordering::Relaxed);
     t.counters.hbase.fetch_add(done.hbase, Ordering::Relaxed);
+    t.counters.chunks_done.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 
