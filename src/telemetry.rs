@@ -31,8 +31,14 @@ impl TableCounters {
             self.chunks_total.load(Ordering::Relaxed),
             self.chunks_done.load(Ordering::Relaxed),
         );
-        let from_chunks = (read as u128 * total as u128).checked_div(done as u128).unwrap_or(0) as u64;
-        if done == 0 { estimate.max(read) } else { from_chunks.max(read) }
+        let from_chunks = (read as u128 * total as u128)
+            .checked_div(done as u128)
+            .unwrap_or(0) as u64;
+        if done == 0 {
+            estimate.max(read)
+        } else {
+            from_chunks.max(read)
+        }
     }
 }
 

@@ -338,12 +338,7 @@ async fn base(args: BaseArgs) -> Result<i32> {
                     s.dead_lettered, s.dead_letter_file
                 ));
             }
-            if args.common.json {
-                eprint!("{words}");
-                println!("{}", serde_json::to_string(&s).unwrap_or_default());
-            } else {
-                print!("{words}");
-            }
+            emit(args.common.json, &words, &s);
             Ok(if s.dead_lettered > 0 {
                 exit::DEAD_LETTERED
             } else {
@@ -408,12 +403,7 @@ async fn verify(args: VerifyArgs) -> Result<i32> {
     } else {
         "differences found\n"
     });
-    if args.common.json {
-        eprint!("{words}");
-        println!("{}", serde_json::to_string(&s).unwrap_or_default());
-    } else {
-        print!("{words}");
-    }
+    emit(args.common.json, &words, &s);
     let fixed = s.repair.as_ref().is_some_and(|r| r.remaining == 0);
     Ok(if s.identical || fixed {
         exit::OK
@@ -487,12 +477,7 @@ async fn diff(args: DiffArgs) -> Result<i32> {
             s.dead_lettered, s.dead_letter_file
         ));
     }
-    if args.common.json {
-        eprint!("{words}");
-        println!("{}", serde_json::to_string(&s).unwrap_or_default());
-    } else {
-        print!("{words}");
-    }
+    emit(args.common.json, &words, &s);
     Ok(if s.stopped == "interrupted" && !s.follow {
         exit::INTERRUPTED
     } else if s.dead_lettered > 0 {
@@ -557,12 +542,7 @@ async fn diff_watermark(args: DiffArgs) -> Result<i32> {
             s.dead_lettered, s.dead_letter_file
         ));
     }
-    if args.common.json {
-        eprint!("{words}");
-        println!("{}", serde_json::to_string(&s).unwrap_or_default());
-    } else {
-        print!("{words}");
-    }
+    emit(args.common.json, &words, &s);
     Ok(if s.stopped == "interrupted" {
         exit::INTERRUPTED
     } else if s.dead_lettered > 0 {
@@ -570,4 +550,15 @@ async fn diff_watermark(args: DiffArgs) -> Result<i32> {
     } else {
         exit::OK
     })
+}
+
+/// The summary in words on stdout, or with `--json` the words on stderr and one
+/// JSON object on stdout.
+fn emit(json: bool, words: &str, summary: &impl Serialize) {
+    if json {
+        eprint!("{words}");
+        println!("{}", serde_json::to_string(summary).unwrap_or_default());
+    } else {
+        print!("{words}");
+    }
 }

@@ -415,12 +415,13 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
         handles.push(tokio::spawn(worker(shared.clone(), w, producer)));
     }
     let sh = shared.clone();
+    let (_, interrupt) =
+        super::on_interrupt("finishing no new chunks; acknowledged chunks stay checkpointed");
     let work = async move {
         let mut first_err: Option<Error> = None;
         let mut pending = handles;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {
-                tracing::warn!("interrupted: finishing no new chunks; acknowledged chunks stay checkpointed");
+            _ = interrupt.notified() => {
                 sh.stop.store(true, Ordering::SeqCst);
                 first_err = Some(Error::Interrupted);
             }

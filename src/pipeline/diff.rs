@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use rdkafka::producer::Producer;
 use rdkafka::util::Timeout;
 use serde::{Deserialize, Serialize};
 use sqlx::mysql::MySqlPool;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 use super::base::{blocking, load_rooms, now_ms, room_exists};
 use crate::checkpoint::{read_jsonl, write_json_atomic, JsonlAppender, RunRecord};
@@ -315,31 +315,7 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
     };
     let reader_task = tokio::spawn(reader.run(stream, tx));
 
-    let stop = Arc::new(Notify::new());
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let (stop, flag) = (stop.clone(), interrupted.clone());
-        tokio::spawn(async move {
-            // Ctrl-C, or SIGTERM (a pod being stopped).
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            let terminated = async {
-                match term.as_mut() {
-                    Some(t) => {
-                        t.recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                r = tokio::signal::ctrl_c() => if r.is_err() { return },
-                _ = terminated => {}
-            }
-            tracing::warn!("interrupted: finishing the batch in hand");
-            flag.store(true, Ordering::SeqCst);
-            stop.notify_one();
-        });
-    }
+    let (interrupted, stop) = super::on_interrupt("finishing the batch in hand");
 
     let mut a = Applier {
         family: cfg.hbase.column_family.as_bytes().to_vec(),

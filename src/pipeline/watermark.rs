@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -279,28 +279,7 @@ pub async fn run(cfg: Config, opts: WatermarkOptions) -> Result<WatermarkSummary
     let rooms = load_rooms(&pool).await?;
     let mut room_cache: HashSet<u64> = HashSet::new();
 
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupted.clone();
-        tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            let terminated = async {
-                match term.as_mut() {
-                    Some(t) => {
-                        t.recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                r = tokio::signal::ctrl_c() => if r.is_err() { return },
-                _ = terminated => {}
-            }
-            tracing::warn!("interrupted: finishing the page in hand");
-            flag.store(true, Ordering::SeqCst);
-        });
-    }
+    let (interrupted, _) = super::on_interrupt("finishing the page in hand");
 
     let family = cfg.hbase.column_family.as_bytes().to_vec();
     let ctx = MapContext {
