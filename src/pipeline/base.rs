@@ -27,12 +27,12 @@ use tokio::task::JoinHandle;
 use crate::checkpoint::{ChunkDone, JsonlAppender, RunDir, RunRecord, Shard};
 use crate::config::{Config, TableMapping};
 use crate::error::{Error, Result};
-use crate::mapping::{self, keys, MapContext, Reject, SrcVal, TableSpec};
+use crate::mapping::{self, MapContext, Reject, SrcVal, TableSpec};
 use crate::position::Position;
 use crate::sink::hbase::wire::PutBuf;
 use crate::sink::hbase::HbaseClient;
+use crate::sink::kafka::event;
 use crate::sink::kafka::tx::{make_tx_producer, read_markers, send, TxProducer};
-use crate::sink::kafka::{self, event};
 use crate::telemetry::{Progress, TableCounters};
 
 /// Rows per HBase batch (and per rate-limit grant).
@@ -222,40 +222,10 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
     }
 
     // Health checks before any work: both targets must answer.
-    let mut hbase_tables = Vec::new();
-    if opts.targets.hbase {
-        let hb = cfg.hbase.clone();
-        let mut names: Vec<String> = tables
-            .iter()
-            .map(|t| t.mapping.hbase_table.clone())
-            .collect();
-        if tables
-            .iter()
-            .any(|t| t.spec.kind == crate::config::EntityKind::Message)
-        {
-            names.push(hb.id_map_table.clone());
-        }
-        hbase_tables = names.clone();
-        blocking(move || {
-            let mut c = HbaseClient::connect(&hb.thrift, hb.framed)?;
-            for n in &names {
-                if c.ensure_table(n, &hb.column_family, keys::splits(hb.salt_buckets))? {
-                    tracing::info!(table = %n, regions = hb.salt_buckets, "created HBase table");
-                }
-            }
-            Ok(())
-        })
-        .await?;
-    }
-    let mut kafka_topics = Vec::new();
-    if opts.targets.kafka {
-        let k = cfg.kafka.clone();
-        blocking(move || kafka::check(&k).map(|_| ())).await?;
-        kafka_topics = tables.iter().map(|t| t.mapping.topic.clone()).collect();
-        let topics: Vec<&str> = kafka_topics.iter().map(String::as_str).collect();
-        kafka::ensure_topics(&cfg.kafka, &topics).await?;
-        kafka::ensure_progress_topic(&cfg.kafka).await?;
-    }
+    let mappings: Vec<TableMapping> = tables.iter().map(|t| t.mapping.clone()).collect();
+    let prepared =
+        crate::sink::prepare(&cfg, &mappings, opts.targets.kafka, opts.targets.hbase).await?;
+    let (hbase_tables, kafka_topics) = (prepared.hbase_tables, prepared.kafka_topics);
 
     let record = if existing {
         let mut r = run_dir.load_record()?;

@@ -31,8 +31,8 @@ use crate::mapping::{self, ids, keys, Canonical, MapContext, Reject, Rejection, 
 use crate::position::Position;
 use crate::sink::hbase::thrift2::{TColumn, TDelete, TDeleteType, TPut};
 use crate::sink::hbase::{cells, HbaseClient};
+use crate::sink::kafka::event;
 use crate::sink::kafka::tx::{make_tx_producer, read_markers, send, TxProducer};
-use crate::sink::kafka::{self, event};
 use crate::source::binlog::{self, Item, Op, Reader, RowChange, SourceTx, TableSchema};
 
 const MAX_ATTEMPTS: u32 = 5;
@@ -192,24 +192,10 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
     let schema = Arc::new(binlog::snapshot_schema(&pool, &database, &cfg.tables).await?);
 
     // Health checks and target set-up, as base does.
-    let hb = cfg.hbase.clone();
-    let mut names: Vec<String> = cfg.tables.iter().map(|t| t.hbase_table.clone()).collect();
-    if cfg.tables.iter().any(|t| t.kind == EntityKind::Message) {
-        names.push(hb.id_map_table.clone());
-    }
-    let hbase = blocking(move || {
-        let mut c = HbaseClient::connect(&hb.thrift, hb.framed)?;
-        for n in &names {
-            c.ensure_table(n, &hb.column_family, keys::splits(hb.salt_buckets))?;
-        }
-        Ok(c)
-    })
-    .await?;
-    let k = cfg.kafka.clone();
-    blocking(move || kafka::check(&k).map(|_| ())).await?;
-    let topics: Vec<&str> = cfg.tables.iter().map(|t| t.topic.as_str()).collect();
-    kafka::ensure_topics(&cfg.kafka, &topics).await?;
-    kafka::ensure_progress_topic(&cfg.kafka).await?;
+    let prepared = crate::sink::prepare(&cfg, &cfg.tables, true, true).await?;
+    let hbase = prepared
+        .hbase
+        .ok_or_else(|| Error::Other("HBase not prepared".into()))?;
 
     // Fence an earlier attempt, then learn what it committed.
     let mut k = cfg.kafka.clone();

@@ -25,10 +25,10 @@ use super::diff::{abort, columns_delete, dead_reasons, write_batch, DeadLetter, 
 use crate::checkpoint::{read_jsonl, write_json_atomic, JsonlAppender, RunRecord};
 use crate::config::{Config, EntityKind};
 use crate::error::{Error, Result};
-use crate::mapping::{self, keys, MapContext, Reject, Rejection, SrcVal};
-use crate::sink::hbase::{cells, HbaseClient};
+use crate::mapping::{self, MapContext, Reject, Rejection, SrcVal};
+use crate::sink::hbase::cells;
+use crate::sink::kafka::event;
 use crate::sink::kafka::tx::{make_tx_producer, read_markers};
-use crate::sink::kafka::{self, event};
 
 const MAX_ATTEMPTS: u32 = 5;
 
@@ -193,22 +193,10 @@ pub async fn run(cfg: Config, opts: WatermarkOptions) -> Result<WatermarkSummary
     let pool = crate::source::mysql::connect(&cfg, 2).await?;
 
     // Target set-up, as diff does.
-    let hb = cfg.hbase.clone();
-    let mut names: Vec<String> = tables.iter().map(|t| t.hbase_table.clone()).collect();
-    names.push(hb.id_map_table.clone());
-    let hbase = blocking(move || {
-        let mut c = HbaseClient::connect(&hb.thrift, hb.framed)?;
-        for n in &names {
-            c.ensure_table(n, &hb.column_family, keys::splits(hb.salt_buckets))?;
-        }
-        Ok(c)
-    })
-    .await?;
-    let k = cfg.kafka.clone();
-    blocking(move || kafka::check(&k).map(|_| ())).await?;
-    let topics: Vec<&str> = tables.iter().map(|t| t.topic.as_str()).collect();
-    kafka::ensure_topics(&cfg.kafka, &topics).await?;
-    kafka::ensure_progress_topic(&cfg.kafka).await?;
+    let prepared = crate::sink::prepare(&cfg, &tables, true, true).await?;
+    let hbase = prepared
+        .hbase
+        .ok_or_else(|| Error::Other("HBase not prepared".into()))?;
 
     // Fence an earlier attempt, then learn what it committed.
     let tx_id = format!(
