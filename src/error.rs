@@ -19,6 +19,137 @@ pub mod exit {
     pub const INTERRUPTED: i32 = 130;
 }
 
+/// What a retry loop should do about a failure. Decided once, where the
+/// error is made, from the client library's own error kinds and codes
+/// (rdkafka's `RDKafkaErrorCode` and transaction flags, Thrift and I/O kinds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Worth retrying after a backoff: connection lost, timeout, busy server.
+    Transient,
+    /// The Kafka transaction must be aborted; the unit of work can then be redone.
+    Abort,
+    /// The producer is unusable (a fatal error): a new one must be made, and
+    /// whether its last commit went through is known only from the marker.
+    Rebuild,
+    /// Another process took over this transactional id: stop, never fence back.
+    Fenced,
+    /// Retrying cannot help.
+    Never,
+}
+
+/// The cause of a Kafka failure: a client error (kept as the source) or a
+/// message of our own.
+#[derive(Debug)]
+pub struct KafkaCause {
+    message: String,
+    retry: Retry,
+    source: Option<rdkafka::error::KafkaError>,
+}
+
+impl From<rdkafka::error::KafkaError> for KafkaCause {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        KafkaCause {
+            message: e.to_string(),
+            retry: classify_kafka(&e),
+            source: Some(e),
+        }
+    }
+}
+
+impl From<rdkafka::types::RDKafkaErrorCode> for KafkaCause {
+    fn from(code: rdkafka::types::RDKafkaErrorCode) -> Self {
+        KafkaCause {
+            message: code.to_string(),
+            retry: classify_code(code),
+            source: None,
+        }
+    }
+}
+
+impl From<&str> for KafkaCause {
+    fn from(m: &str) -> Self {
+        KafkaCause {
+            message: m.to_string(),
+            retry: Retry::Never,
+            source: None,
+        }
+    }
+}
+
+impl From<String> for KafkaCause {
+    fn from(message: String) -> Self {
+        KafkaCause {
+            message,
+            retry: Retry::Never,
+            source: None,
+        }
+    }
+}
+
+impl KafkaCause {
+    /// A message of our own with an explicit retry decision.
+    pub fn new(message: impl Into<String>, retry: Retry) -> Self {
+        KafkaCause {
+            message: message.into(),
+            retry,
+            source: None,
+        }
+    }
+}
+
+/// Transaction errors carry librdkafka's own verdict; other errors are
+/// judged by their code.
+fn classify_kafka(e: &rdkafka::error::KafkaError) -> Retry {
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaErrorCode as C;
+    if let KafkaError::Transaction(t) = e {
+        return if matches!(
+            t.code(),
+            C::Fenced | C::ProducerFenced | C::InvalidProducerEpoch
+        ) {
+            Retry::Fenced
+        } else if t.is_fatal() {
+            Retry::Rebuild
+        } else if t.txn_requires_abort() {
+            Retry::Abort
+        } else if t.is_retriable() {
+            Retry::Transient
+        } else {
+            classify_code(t.code())
+        };
+    }
+    e.rdkafka_error_code().map_or(Retry::Never, classify_code)
+}
+
+fn classify_code(code: rdkafka::types::RDKafkaErrorCode) -> Retry {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    match code {
+        C::Fenced | C::ProducerFenced | C::InvalidProducerEpoch => Retry::Fenced,
+        C::BrokerTransportFailure
+        | C::Resolve
+        | C::MessageTimedOut
+        | C::AllBrokersDown
+        | C::OperationTimedOut
+        | C::QueueFull
+        | C::WaitingForCoordinator
+        | C::TimedOutQueue
+        | C::LeaderNotAvailable
+        | C::NotLeaderForPartition
+        | C::RequestTimedOut
+        | C::NetworkException
+        | C::CoordinatorLoadInProgress
+        | C::CoordinatorNotAvailable
+        | C::NotCoordinator
+        | C::NotEnoughReplicas
+        | C::NotEnoughReplicasAfterAppend
+        | C::ConcurrentTransactions
+        | C::KafkaStorageError
+        | C::PreferredLeaderNotAvailable
+        | C::UnknownTopicOrPartition => Retry::Transient,
+        _ => Retry::Never,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("config {path}: {message}")]
@@ -45,10 +176,20 @@ pub enum Error {
     Binlog { context: String, message: String },
 
     #[error("Kafka {context}: {message}")]
-    Kafka { context: String, message: String },
+    Kafka {
+        context: String,
+        message: String,
+        retry: Retry,
+        #[source]
+        source: Option<rdkafka::error::KafkaError>,
+    },
 
     #[error("HBase {context}: {message}")]
-    Hbase { context: String, message: String },
+    Hbase {
+        context: String,
+        message: String,
+        retry: Retry,
+    },
 
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: String, message: String },
@@ -84,17 +225,24 @@ impl Error {
         }
     }
 
-    pub fn kafka(context: impl Into<String>, message: impl fmt::Display) -> Self {
+    /// A Kafka failure; a client error is classified and kept as the source.
+    pub fn kafka(context: impl Into<String>, cause: impl Into<KafkaCause>) -> Self {
+        let c = cause.into();
         Error::Kafka {
             context: context.into(),
-            message: message.to_string(),
+            message: c.message,
+            retry: c.retry,
+            source: c.source,
         }
     }
 
-    pub fn hbase(context: impl Into<String>, message: impl fmt::Display) -> Self {
+    /// An HBase failure the caller has judged (see `sink::hbase::client` for
+    /// the classification of Thrift errors).
+    pub fn hbase(context: impl Into<String>, message: impl fmt::Display, retry: Retry) -> Self {
         Error::Hbase {
             context: context.into(),
             message: message.to_string(),
+            retry,
         }
     }
 
@@ -105,30 +253,38 @@ impl Error {
         }
     }
 
-    /// Errors worth retrying with backoff: connection resets, timeouts, a busy
-    /// server. Everything else fails fast.
-    pub fn is_transient(&self) -> bool {
+    /// What a retry loop should do about this error.
+    pub fn retry(&self) -> Retry {
         match self {
-            Error::Mysql { source, .. } => matches!(
-                source,
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-            ),
-            Error::Hbase { message, .. } | Error::Kafka { message, .. } => {
-                let m = message.to_ascii_lowercase();
-                m.contains("timed out")
-                    || m.contains("timeout")
-                    || m.contains("connection reset")
-                    || m.contains("broken pipe")
-                    || m.contains("connection refused")
-                    || m.contains("regiontoobusy")
-                    || m.contains("notservingregion")
-                    || m.contains("temporarily unavailable")
-                    || m.contains("transport error")
-                    || m.contains("calltimeout")
-                    || m.contains("pleaseholdexception")
-            }
-            _ => false,
+            Error::Mysql { source, .. } => match source {
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+                    Retry::Transient
+                }
+                sqlx::Error::Database(d) => {
+                    match d
+                        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                        .map(|m| m.number())
+                    {
+                        // Lock wait timeout, deadlock, server shutting down,
+                        // too many connections, connection killed, gone away.
+                        Some(1205 | 1213 | 1053 | 1040 | 1927 | 2006 | 2013) => Retry::Transient,
+                        _ => Retry::Never,
+                    }
+                }
+                _ => Retry::Never,
+            },
+            Error::Kafka { retry, .. } | Error::Hbase { retry, .. } => *retry,
+            Error::Io { source, .. } => io_retry(source.kind()),
+            _ => Retry::Never,
         }
+    }
+
+    /// Errors worth retrying with backoff (the unit of work is redone).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.retry(),
+            Retry::Transient | Retry::Abort | Retry::Rebuild
+        )
     }
 
     /// The process exit status this error maps to.
@@ -138,6 +294,24 @@ impl Error {
             Error::Interrupted => exit::INTERRUPTED,
             _ => exit::FAILURE,
         }
+    }
+}
+
+/// I/O kinds that a reconnect can cure.
+pub fn io_retry(kind: std::io::ErrorKind) -> Retry {
+    use std::io::ErrorKind as K;
+    match kind {
+        K::ConnectionRefused
+        | K::ConnectionReset
+        | K::ConnectionAborted
+        | K::NotConnected
+        | K::BrokenPipe
+        | K::TimedOut
+        | K::WouldBlock
+        | K::Interrupted
+        | K::UnexpectedEof
+        | K::AddrNotAvailable => Retry::Transient,
+        _ => Retry::Never,
     }
 }
 
@@ -189,5 +363,39 @@ mod tests {
     fn config_errors_exit_2_runtime_errors_exit_4() {
         assert_eq!(Error::config("falcon.toml", "bad").exit_code(), 2);
         assert_eq!(Error::kafka("produce", "boom").exit_code(), 4);
+    }
+
+    #[test]
+    fn kafka_errors_are_classified_by_code() {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode as C;
+        let e = Error::kafka("commit", KafkaError::MessageProduction(C::AllBrokersDown));
+        assert_eq!(e.retry(), Retry::Transient);
+        assert!(e.is_transient());
+        let e = Error::kafka("commit", KafkaError::Global(C::ProducerFenced));
+        assert_eq!(e.retry(), Retry::Fenced);
+        assert!(!e.is_transient());
+        let e = Error::kafka(
+            "produce",
+            KafkaError::MessageProduction(C::MessageSizeTooLarge),
+        );
+        assert_eq!(e.retry(), Retry::Never);
+        // A message of our own is never retried unless it says so.
+        assert_eq!(Error::kafka("read", "timed out").retry(), Retry::Never);
+        assert_eq!(
+            Error::kafka("read", KafkaCause::new("slow", Retry::Transient)).retry(),
+            Retry::Transient
+        );
+        // The client error stays reachable as the source.
+        let e = Error::kafka("begin", KafkaError::Global(C::AllBrokersDown));
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn io_kinds_that_a_reconnect_cures_are_transient() {
+        use std::io::ErrorKind as K;
+        assert_eq!(io_retry(K::ConnectionReset), Retry::Transient);
+        assert_eq!(io_retry(K::UnexpectedEof), Retry::Transient);
+        assert_eq!(io_retry(K::PermissionDenied), Retry::Never);
     }
 }

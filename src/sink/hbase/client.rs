@@ -16,7 +16,7 @@ use super::thrift2::{
     TColumnFamilyDescriptor, TDelete, TGet, THBaseServiceSyncClient, TPut, TResult, TScan,
     TTHBaseServiceSyncClient, TTableDescriptor, TTableName,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Retry};
 
 type Client =
     THBaseServiceSyncClient<Box<dyn TInputProtocol + Send>, Box<dyn TOutputProtocol + Send>>;
@@ -45,24 +45,66 @@ pub fn table_name(name: &str) -> TTableName {
 
 fn err(context: impl Into<String>) -> impl FnOnce(thrift::Error) -> Error {
     let context = context.into();
-    move |e| Error::hbase(context, describe(&e))
+    move |e| {
+        let (message, retry) = describe(&e);
+        Error::hbase(context, message, retry)
+    }
 }
 
 /// Thrift errors from HBase carry the Java exception text in `TIOError.message`;
-/// show it rather than a debug dump.
-fn describe(e: &thrift::Error) -> String {
+/// show it rather than a debug dump, and judge it by its kind.
+fn describe(e: &thrift::Error) -> (String, Retry) {
     match e {
         thrift::Error::User(inner) => {
             if let Some(io) = inner.downcast_ref::<super::thrift2::TIOError>() {
-                return io.message.clone().unwrap_or_else(|| format!("{io:?}"));
+                let m = io.message.clone().unwrap_or_else(|| format!("{io:?}"));
+                let r = remote_retry(&m, io.can_retry);
+                return (m, r);
             }
             if let Some(ia) = inner.downcast_ref::<super::thrift2::TIllegalArgument>() {
-                return ia.message.clone().unwrap_or_else(|| format!("{ia:?}"));
+                let m = ia.message.clone().unwrap_or_else(|| format!("{ia:?}"));
+                return (m, Retry::Never);
             }
-            inner.to_string()
+            (inner.to_string(), Retry::Never)
         }
-        thrift::Error::Application(a) => format!("{} ({:?})", a.message, a.kind),
-        other => other.to_string(),
+        thrift::Error::Application(a) => (format!("{} ({:?})", a.message, a.kind), Retry::Never),
+        thrift::Error::Transport(t) => {
+            use thrift::TransportErrorKind as K;
+            let r = match t.kind {
+                K::NegativeSize | K::SizeLimit => Retry::Never,
+                _ => Retry::Transient,
+            };
+            (e.to_string(), r)
+        }
+        other => (other.to_string(), Retry::Never),
+    }
+}
+
+/// HBase exceptions a later attempt can get past: the gateway says so in
+/// `TIOError.canRetry` when it knows (it is false for `DoNotRetryIOException`
+/// and its subclasses); otherwise the Java class that the message names.
+pub(crate) fn remote_retry(message: &str, can_retry: Option<bool>) -> Retry {
+    if let Some(c) = can_retry {
+        return if c { Retry::Transient } else { Retry::Never };
+    }
+    const RETRYABLE: &[&str] = &[
+        "RegionTooBusyException",
+        "NotServingRegionException",
+        "RegionOpeningException",
+        "RegionMovedException",
+        "ServerNotRunningYetException",
+        "PleaseHoldException",
+        "CallTimeoutException",
+        "CallQueueTooBigException",
+        "RetriesExhaustedException",
+        "ConnectionClosingException",
+        "SocketTimeoutException",
+        "ConnectException",
+    ];
+    if RETRYABLE.iter().any(|c| message.contains(c)) {
+        Retry::Transient
+    } else {
+        Retry::Never
     }
 }
 
@@ -85,6 +127,7 @@ fn open_socket(addr: &str) -> Result<TcpStream> {
         .map_err(|e| unreachable(addr, e.to_string()))?;
     s.set_nodelay(true).ok();
     s.set_read_timeout(Some(Duration::from_secs(120))).ok();
+    s.set_write_timeout(Some(Duration::from_secs(120))).ok();
     Ok(s)
 }
 
@@ -151,7 +194,7 @@ impl HbaseClient {
             .map_err(|e| {
                 unreachable(format!(
                     "{} (is the gateway Thrift2, framed={framed}?)",
-                    describe(&e)
+                    describe(&e).0
                 ))
             })?;
         Ok(c)
@@ -214,7 +257,7 @@ impl HbaseClient {
         match self.client.create_table(desc, splits) {
             Ok(()) => Ok(true),
             // Another shard created it first.
-            Err(e) if describe(&e).contains("TableExistsException") => Ok(false),
+            Err(e) if describe(&e).0.contains("TableExistsException") => Ok(false),
             Err(e) => Err(err(format!("createTable {table}"))(e)),
         }
     }
@@ -271,6 +314,7 @@ impl HbaseClient {
             return Err(Error::hbase(
                 format!("deleteMultiple {table}"),
                 format!("{} deletes not applied", left.len()),
+                Retry::Transient,
             ));
         }
         Ok(())

@@ -145,7 +145,10 @@ impl RawConn {
 
     pub fn put_multiple(&mut self, table: &str, puts: &PutBuf) -> Result<()> {
         let ctx = || format!("putMultiple {table}");
-        let io = |e: std::io::Error| Error::hbase(ctx(), e);
+        let io = |e: std::io::Error| {
+            let retry = crate::error::io_retry(e.kind());
+            Error::hbase(ctx(), e, retry)
+        };
         self.seq = self.seq.wrapping_add(1);
         let m = &mut self.msg;
         m.clear();
@@ -167,7 +170,10 @@ impl RawConn {
         self.w.flush().map_err(io)?;
         self.read_reply().map_err(|e| match e {
             Reply::Io(e) => io(e),
-            Reply::Remote(m) => Error::hbase(ctx(), m),
+            Reply::Remote(m, can_retry) => {
+                let retry = super::client::remote_retry(&m, can_retry);
+                Error::hbase(ctx(), m, retry)
+            }
         })
     }
 
@@ -178,15 +184,18 @@ impl RawConn {
         }
         let head = read_i32(r)? as u32;
         if head & 0xFFFF_0000 != VERSION_1 {
-            return Err(Reply::Remote(format!("unexpected reply header {head:#x}")));
+            return Err(Reply::Remote(
+                format!("unexpected reply header {head:#x}"),
+                Some(true),
+            ));
         }
         let _name = read_binary(r)?;
         let seq = read_i32(r)?;
         if seq != self.seq {
-            return Err(Reply::Remote(format!(
-                "reply to call {seq}, expected {}",
-                self.seq
-            )));
+            return Err(Reply::Remote(
+                format!("reply to call {seq}, expected {}", self.seq),
+                Some(true),
+            ));
         }
         if head & 0xFF == EXCEPTION {
             // TApplicationException { 1: string message, 2: i32 type }
@@ -199,29 +208,36 @@ impl RawConn {
                     Ok(false)
                 }
             })?;
-            return Err(Reply::Remote(message));
+            return Err(Reply::Remote(message, None));
         }
         // Result struct: field 1 is TIOError { 1: optional string message }.
-        let mut error: Option<String> = None;
+        let mut error: Option<(String, Option<bool>)> = None;
         read_struct(r, &mut |r, ty, id| {
             if id == 1 && ty == T_STRUCT {
+                // TIOError { 1: optional string message, 2: optional bool canRetry }
                 let mut msg = String::from("TIOError");
+                let mut can_retry = None;
                 read_struct(r, &mut |r, ty, id| {
                     if id == 1 && ty == T_STRING {
                         msg = String::from_utf8_lossy(&read_binary(r)?).into_owned();
+                        Ok(true)
+                    } else if id == 2 && ty == T_BOOL {
+                        let mut b = [0u8; 1];
+                        r.read_exact(&mut b)?;
+                        can_retry = Some(b[0] != 0);
                         Ok(true)
                     } else {
                         Ok(false)
                     }
                 })?;
-                error = Some(msg);
+                error = Some((msg, can_retry));
                 Ok(true)
             } else {
                 Ok(false)
             }
         })?;
         match error {
-            Some(m) => Err(Reply::Remote(m)),
+            Some((m, can_retry)) => Err(Reply::Remote(m, can_retry)),
             None => Ok(()),
         }
     }
@@ -229,7 +245,7 @@ impl RawConn {
 
 enum Reply {
     Io(std::io::Error),
-    Remote(String),
+    Remote(String, Option<bool>),
 }
 
 impl From<std::io::Error> for Reply {
@@ -281,7 +297,7 @@ fn read_struct<R: Read>(
 
 fn skip<R: Read>(r: &mut R, ty: u8, depth: u32) -> std::result::Result<(), Reply> {
     if depth > 32 {
-        return Err(Reply::Remote("reply nested too deeply".into()));
+        return Err(Reply::Remote("reply nested too deeply".into(), None));
     }
     match ty {
         T_BOOL | T_BYTE => {
@@ -321,9 +337,10 @@ fn skip<R: Read>(r: &mut R, ty: u8, depth: u32) -> std::result::Result<(), Reply
             }
         }
         other => {
-            return Err(Reply::Remote(format!(
-                "unknown Thrift type {other} in reply"
-            )))
+            return Err(Reply::Remote(
+                format!("unknown Thrift type {other} in reply"),
+                None,
+            ))
         }
     }
     Ok(())
