@@ -43,7 +43,7 @@ pub enum Retry {
 pub struct KafkaCause {
     message: String,
     retry: Retry,
-    source: Option<rdkafka::error::KafkaError>,
+    source: Option<Box<rdkafka::error::KafkaError>>,
 }
 
 impl From<rdkafka::error::KafkaError> for KafkaCause {
@@ -51,7 +51,7 @@ impl From<rdkafka::error::KafkaError> for KafkaCause {
         KafkaCause {
             message: e.to_string(),
             retry: classify_kafka(&e),
-            source: Some(e),
+            source: Some(Box::new(e)),
         }
     }
 }
@@ -181,7 +181,7 @@ pub enum Error {
         message: String,
         retry: Retry,
         #[source]
-        source: Option<rdkafka::error::KafkaError>,
+        source: Option<Box<rdkafka::error::KafkaError>>,
     },
 
     #[error("HBase {context}: {message}")]

@@ -16,11 +16,21 @@ pub enum Position {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         gtid: String,
     },
+    /// A point of the watermark keyset `(GREATEST(send_time, update_time), id)`:
+    /// rows after it are next.
+    Watermark { version_s: u64, id: u64 },
 }
 
 impl Position {
-    /// Parses `file:offset`.
+    /// Parses `file:offset` or `watermark:VERSION:ID`.
     pub fn parse(s: &str) -> Option<Position> {
+        if let Some(w) = s.strip_prefix("watermark:") {
+            let (v, id) = w.split_once(':')?;
+            return Some(Position::Watermark {
+                version_s: v.parse().ok()?,
+                id: id.parse().ok()?,
+            });
+        }
         let (file, offset) = s.rsplit_once(':')?;
         Some(Position::Binlog {
             file: file.to_string(),
@@ -29,7 +39,7 @@ impl Position {
         })
     }
 
-    fn key(&self) -> (u64, &str, u64) {
+    fn key(&self) -> (u8, u64, &str, u64) {
         match self {
             Position::Binlog { file, offset, .. } => {
                 // mysql-bin.000012 → 12: files roll over in numeric order.
@@ -38,8 +48,9 @@ impl Position {
                     .next()
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(0);
-                (seq, file.as_str(), *offset)
+                (0, seq, file.as_str(), *offset)
             }
+            Position::Watermark { version_s, id } => (1, *version_s, "", *id),
         }
     }
 }
@@ -60,6 +71,7 @@ impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Position::Binlog { file, offset, .. } => write!(f, "{file}:{offset}"),
+            Position::Watermark { version_s, id } => write!(f, "watermark:{version_s}:{id}"),
         }
     }
 }
@@ -90,5 +102,20 @@ mod tests {
             r#"{"kind":"binlog","file":"mysql-bin.000001","offset":328,"gtid":"0-1-42"}"#
         );
         assert_eq!(serde_json::from_str::<Position>(&j).unwrap(), p);
+    }
+
+    #[test]
+    fn watermark_positions_are_typed_and_round_trip_as_text() {
+        let w = Position::parse("watermark:1700000000:42").unwrap();
+        assert_eq!(
+            w,
+            Position::Watermark {
+                version_s: 1_700_000_000,
+                id: 42
+            }
+        );
+        assert_eq!(w.to_string(), "watermark:1700000000:42");
+        assert!(w < Position::parse("watermark:1700000000:43").unwrap());
+        assert!(Position::parse("watermark:x:1").is_none());
     }
 }

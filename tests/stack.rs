@@ -264,7 +264,9 @@ async fn binlog_position_is_readable_by_the_tool_user_and_advances() {
     let before = falcon_migrate::source::mysql::binlog_position(&pool)
         .await
         .expect("binlog position");
-    let Position::Binlog { file, offset, .. } = &before;
+    let Position::Binlog { file, offset, .. } = &before else {
+        panic!("not a binlog position: {before}");
+    };
     assert!(!file.is_empty(), "binlog file name");
     assert!(*offset > 0, "binlog offset");
 

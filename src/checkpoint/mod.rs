@@ -1,20 +1,28 @@
-//! Durable progress of a run. A chunk is recorded only after every target
-//! acknowledged it. Files live under `<state_dir>/<phase>/<run_id>/`, one set
-//! per shard so that several shards may share a folder:
-//! - `shard-I-of-N.json`: the run's identity (start position, plan settings);
-//! - `shard-I-of-N.done.jsonl`: one line per finished chunk, with its counts;
-//! - `shard-I-of-N.dead.jsonl`: the dead-letter file.
+//! The state dir: every file a phase keeps on local disk is read and written
+//! here, and nowhere else. It is a cache of what the targets hold (the Kafka
+//! markers committed with the data are the record); a unit of work is
+//! recorded here only after the targets acknowledged it. Layout:
+//! - `base/<run>/shard-I-of-N.json`: the shard's run record (start position, plan settings);
+//! - `base/<run>/shard-I-of-N.done.jsonl`: one line per finished chunk, with its counts;
+//! - `base/<run>/shard-I-of-N.dead.jsonl`: base's dead letters;
+//! - `diff/<run>/checkpoint.json`, `diff/<run>/dead.jsonl`: binlog diff;
+//! - `diff/<run>/watermark.json`, `diff/<run>/watermark-dead.jsonl`: watermark diff.
 //!
-//! Appends are fsynced; a torn last line (crash mid-write) is ignored.
+//! Folders are 0700 and files 0600; rewrites are atomic and durable; appends
+//! are fsynced, and a torn last line (a crash mid-append) is ignored, then cut.
+
+pub mod dead;
+pub mod files;
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+pub use dead::DeadLetter;
+pub use files::{read_json, read_jsonl, write_json_atomic, JsonlAppender};
+
+use crate::error::Result;
 use crate::position::Position;
 
 /// Which part of the chunk space a process owns.
@@ -77,6 +85,12 @@ pub struct RunRecord {
     /// Highest worker count any attempt used: their Kafka transactional ids
     /// are fenced on resume.
     pub max_workers: usize,
+    /// The source server's identity (see `pipeline::runlog::source_identity`).
+    #[serde(default)]
+    pub source_id: String,
+    /// Key values per chunk, per table (the run's plan).
+    #[serde(default)]
+    pub widths: Vec<crate::pipeline::base::plan::TableWidth>,
 }
 
 /// A finished chunk with its counts.
@@ -90,19 +104,78 @@ pub struct ChunkDone {
     pub dead: u64,
 }
 
+/// The root of a job's local state.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(root: &Path) -> StateDir {
+        StateDir {
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// One shard's files of a base run.
+    pub fn base_run(&self, run_id: &str, shard: Shard) -> RunDir {
+        RunDir {
+            dir: self.root.join("base").join(run_id),
+            stem: shard.file_stem(),
+        }
+    }
+
+    /// The run records of every shard of a base run found here.
+    pub fn base_records(&self, run_id: &str) -> Result<Vec<RunRecord>> {
+        let dir = self.root.join("base").join(run_id);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("shard-") && name.ends_with(".json") {
+                out.extend(read_json::<RunRecord>(&e.path())?);
+            }
+        }
+        out.sort_by_key(|r| r.shard.index);
+        Ok(out)
+    }
+
+    fn diff_dir(&self, run_id: &str) -> PathBuf {
+        self.root.join("diff").join(run_id)
+    }
+
+    /// The binlog diff's checkpoint.
+    pub fn diff_checkpoint(&self, run_id: &str) -> PathBuf {
+        self.diff_dir(run_id).join("checkpoint.json")
+    }
+
+    pub fn diff_dead(&self, run_id: &str) -> PathBuf {
+        self.diff_dir(run_id).join("dead.jsonl")
+    }
+
+    /// The watermark diff's checkpoint.
+    pub fn watermark_checkpoint(&self, run_id: &str) -> PathBuf {
+        self.diff_dir(run_id).join("watermark.json")
+    }
+
+    pub fn watermark_dead(&self, run_id: &str) -> PathBuf {
+        self.diff_dir(run_id).join("watermark-dead.jsonl")
+    }
+}
+
+/// One shard's files of a base run.
 pub struct RunDir {
     dir: PathBuf,
     stem: String,
 }
 
 impl RunDir {
-    pub fn new(state_dir: &Path, phase: &str, run_id: &str, shard: Shard) -> RunDir {
-        RunDir {
-            dir: state_dir.join(phase).join(run_id),
-            stem: shard.file_stem(),
-        }
-    }
-
     pub fn record_path(&self) -> PathBuf {
         self.dir.join(format!("{}.json", self.stem))
     }
@@ -117,19 +190,23 @@ impl RunDir {
         self.record_path().exists()
     }
 
-    pub fn load_record(&self) -> Result<RunRecord> {
-        let p = self.record_path();
-        let text = std::fs::read_to_string(&p).map_err(|e| cp_err(&p, e))?;
-        serde_json::from_str(&text).map_err(|e| cp_err(&p, e))
+    pub fn load_record(&self) -> Result<Option<RunRecord>> {
+        read_json(&self.record_path())
     }
 
-    /// Writes the record atomically (temp file, fsync, rename).
+    /// Writes the record atomically.
     pub fn save_record(&self, r: &RunRecord) -> Result<()> {
         write_json_atomic(&self.record_path(), r)
     }
 
-    pub fn load_done(&self) -> Result<Vec<ChunkDone>> {
-        read_jsonl(&self.done_path())
+    /// Finished chunks by (table, chunk).
+    pub fn load_done(&self) -> Result<BTreeMap<(String, u64), ChunkDone>> {
+        let mut out = BTreeMap::new();
+        files::for_each_jsonl(&self.done_path(), |d: ChunkDone| {
+            out.insert((d.table.clone(), d.chunk), d);
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     pub fn done_log(&self) -> Result<JsonlAppender> {
@@ -139,133 +216,11 @@ impl RunDir {
     /// Keeps only the dead letters of chunks that are done: the others will be
     /// copied again and dead-letter their rows again.
     pub fn prune_dead(&self, done: &BTreeMap<(String, u64), ChunkDone>) -> Result<()> {
-        let p = self.dead_path();
-        if !p.exists() {
-            return Ok(());
-        }
-        let lines: Vec<serde_json::Value> = read_jsonl(&p)?;
-        let keep: Vec<&serde_json::Value> = lines
-            .iter()
-            .filter(|v| {
-                let t = v.get("table").and_then(|t| t.as_str()).unwrap_or("");
-                let c = v.get("chunk").and_then(|c| c.as_u64()).unwrap_or(u64::MAX);
-                done.contains_key(&(t.to_string(), c))
-            })
-            .collect();
-        let tmp = p.with_extension("jsonl.tmp");
-        let mut f = File::create(&tmp).map_err(|e| cp_err(&tmp, e))?;
-        for v in keep {
-            serde_json::to_writer(&mut f, v).map_err(|e| cp_err(&tmp, e))?;
-            f.write_all(b"\n").map_err(|e| cp_err(&tmp, e))?;
-        }
-        f.sync_all().map_err(|e| cp_err(&tmp, e))?;
-        std::fs::rename(&tmp, &p).map_err(|e| cp_err(&p, e))
-    }
-}
-
-/// Writes `v` as JSON to `p` atomically: temp file, fsync, rename. A crash
-/// leaves either the old file or the new one.
-pub fn write_json_atomic<T: Serialize>(p: &Path, v: &T) -> Result<()> {
-    if let Some(dir) = p.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| cp_err(dir, e))?;
-    }
-    let tmp = p.with_extension("json.tmp");
-    let body = serde_json::to_vec_pretty(v).map_err(|e| cp_err(p, e))?;
-    let mut f = File::create(&tmp).map_err(|e| cp_err(&tmp, e))?;
-    f.write_all(&body)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| cp_err(&tmp, e))?;
-    std::fs::rename(&tmp, p).map_err(|e| cp_err(p, e))
-}
-
-fn cp_err(p: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Checkpoint {
-        path: p.display().to_string(),
-        message: e.to_string(),
-    }
-}
-
-/// Reads a JSON-lines file; a missing file is empty; an unparsable LAST line
-/// is a torn write and is dropped, any other bad line is an error.
-pub fn read_jsonl<T: DeserializeOwned>(p: &Path) -> Result<Vec<T>> {
-    let f = match File::open(p) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(cp_err(p, e)),
-    };
-    let lines: Vec<String> = BufReader::new(f)
-        .lines()
-        .collect::<std::io::Result<_>>()
-        .map_err(|e| cp_err(p, e))?;
-    let mut out = Vec::with_capacity(lines.len());
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str(line) {
-            Ok(v) => out.push(v),
-            Err(_) if i + 1 == lines.len() => break,
-            Err(e) => return Err(cp_err(p, format!("line {}: {e}", i + 1))),
-        }
-    }
-    Ok(out)
-}
-
-/// An append-only JSON-lines file whose appends are durable when `sync` returns.
-pub struct JsonlAppender {
-    file: File,
-    path: PathBuf,
-}
-
-impl JsonlAppender {
-    pub fn open(p: &Path) -> Result<JsonlAppender> {
-        if let Some(dir) = p.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| cp_err(dir, e))?;
-        }
-        // A torn last line from a crash is cut off before appending after it.
-        if let Ok(b) = std::fs::read(p) {
-            if !b.is_empty() && !b.ends_with(b"\n") {
-                let keep = b.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(p)
-                    .map_err(|e| cp_err(p, e))?;
-                f.set_len(keep as u64).map_err(|e| cp_err(p, e))?;
-            }
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .map_err(|e| cp_err(p, e))?;
-        Ok(JsonlAppender {
-            file,
-            path: p.to_path_buf(),
+        dead::prune(&self.dead_path(), |v| {
+            let t = v["table"].as_str().unwrap_or("");
+            let c = v["chunk"].as_u64().unwrap_or(u64::MAX);
+            done.contains_key(&(t.to_string(), c))
         })
-    }
-
-    pub fn append<T: Serialize>(&mut self, v: &T) -> Result<()> {
-        let mut line = serde_json::to_vec(v).map_err(|e| cp_err(&self.path, e))?;
-        line.push(b'\n');
-        self.file
-            .write_all(&line)
-            .map_err(|e| cp_err(&self.path, e))
-    }
-
-    /// Appends an already-encoded JSON line (without its newline).
-    pub fn append_raw(&mut self, json: &[u8]) -> Result<()> {
-        self.file
-            .write_all(json)
-            .and_then(|_| self.file.write_all(b"\n"))
-            .map_err(|e| cp_err(&self.path, e))
-    }
-
-    pub fn sync(&mut self) -> Result<()> {
-        self.file.sync_data().map_err(|e| cp_err(&self.path, e))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
@@ -284,6 +239,8 @@ mod tests {
         assert!(Shard::parse("3/3").is_err());
         assert_eq!(Shard::parse("1/3").unwrap(), Shard { index: 1, count: 3 });
     }
+
+    use std::io::Write;
 
     #[test]
     fn torn_last_line_is_ignored_then_cut_before_the_next_append() {

@@ -266,6 +266,7 @@ async fn base(args: BaseArgs) -> Result<i32> {
     }
     let cfg = Config::load(&args.common.config)?;
     let opts = BaseOptions {
+        retry: Default::default(),
         state_dir: args.common.state_dir.clone(),
         run_id: args.run_id.clone(),
         workers: args.workers,
@@ -433,6 +434,7 @@ async fn diff(args: DiffArgs) -> Result<i32> {
     }
     let cfg = Config::load(&args.common.config)?;
     let opts = DiffOptions {
+        retry: Default::default(),
         state_dir: args.common.state_dir.clone(),
         run_id: args.run_id.clone(),
         base_run_id: args.base_run_id.clone(),
@@ -501,6 +503,7 @@ async fn diff_watermark(args: DiffArgs) -> Result<i32> {
     }
     let cfg = Config::load(&args.common.config)?;
     let opts = WatermarkOptions {
+        retry: Default::default(),
         state_dir: args.common.state_dir.clone(),
         run_id: args.run_id.clone(),
         base_run_id: args.base_run_id.clone(),

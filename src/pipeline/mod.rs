@@ -1,7 +1,12 @@
-//! The phases: `base` (bulk copy), and later `diff` and `verify` flows.
+//! The phases that write: `base` (bulk copy), `diff` (binlog) and
+//! `watermark` (keyset diff), all through one write path: [`commit`] (the
+//! exactly-once sequence and its retry policy), with their run state in
+//! Kafka ([`runlog`]) and a local cache of it (`crate::checkpoint`).
 
 pub mod base;
+pub mod commit;
 pub mod diff;
+pub mod runlog;
 pub mod watermark;
 
 use std::sync::atomic::{AtomicBool, Ordering};

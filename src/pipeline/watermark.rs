@@ -12,25 +12,25 @@
 //! timestamps, clock skew and long transactions are blind spots (README);
 //! `verify` finds what this misses.
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::base::{blocking, load_rooms, now_ms, room_exists};
-use super::diff::{abort, columns_delete, dead_reasons, write_batch, DeadLetter, Planned};
-use crate::checkpoint::{read_jsonl, write_json_atomic, JsonlAppender, RunRecord};
+use super::base::now_ms;
+use super::commit::{blocking, Committer, HbaseLane, Marker, RetryPolicy};
+use super::diff::batch::{all_null, Batch, Dest};
+use super::runlog::{sanitize, source_identity};
+use crate::checkpoint::{dead, read_json, write_json_atomic, DeadLetter, JsonlAppender, StateDir};
 use crate::config::{Config, EntityKind};
 use crate::error::{Error, Result};
-use crate::mapping::{self, MapContext, Reject, Rejection, SrcVal};
-use crate::sink::hbase::cells;
+use crate::mapping::{self, Admission, MapContext, Rooms, SrcVal};
+use crate::position::Position;
 use crate::sink::kafka::event;
 use crate::sink::kafka::tx::{make_tx_producer, read_markers};
-
-const MAX_ATTEMPTS: u32 = 5;
 
 #[derive(Debug, Clone)]
 pub struct WatermarkOptions {
@@ -43,6 +43,7 @@ pub struct WatermarkOptions {
     /// Rows per page (one Kafka transaction each).
     pub page: usize,
     pub progress_every: Duration,
+    pub retry: RetryPolicy,
 }
 
 /// A point of the keyset: rows after it (in `(version_s, id)` order) are next.
@@ -91,75 +92,10 @@ pub struct WatermarkSummary {
     pub checkpoint_file: String,
 }
 
-fn marker_key(database: &str, run: &str) -> String {
-    format!("watermark/{database}/{run}")
-}
-
-fn checkpoint_err(p: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Checkpoint {
-        path: p.display().to_string(),
-        message: e.to_string(),
-    }
-}
-
-/// The smallest `start_ts_ms` over the base run's shard records, in seconds.
-fn base_start_s(state_dir: &Path, run: &str) -> Result<Option<u64>> {
-    let Ok(entries) = std::fs::read_dir(state_dir.join("base").join(run)) else {
-        return Ok(None);
-    };
-    let mut best: Option<u64> = None;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !(name.starts_with("shard-") && name.ends_with(".json")) {
-            continue;
-        }
-        let p = e.path();
-        let text = std::fs::read_to_string(&p).map_err(|e| checkpoint_err(&p, e))?;
-        let r: RunRecord = serde_json::from_str(&text).map_err(|e| checkpoint_err(&p, e))?;
-        let s = r.start_ts_ms / 1000;
-        best = Some(best.map_or(s, |b| b.min(s)));
-    }
-    Ok(best)
-}
-
-/// Dead letters of rows at or after `from` are about to be read again.
-fn prune_dead(p: &Path, from: &BTreeMap<String, u64>) -> Result<()> {
-    if !p.exists() {
-        return Ok(());
-    }
-    let keep: Vec<serde_json::Value> = read_jsonl::<serde_json::Value>(p)?
-        .into_iter()
-        .filter(|v| {
-            let table = v["table"].as_str().unwrap_or("");
-            let version = v["position"]
-                .as_str()
-                .and_then(|s| s.strip_prefix("watermark:"))
-                .and_then(|s| s.split(':').next())
-                .and_then(|s| s.parse::<u64>().ok());
-            match (from.get(table), version) {
-                (Some(f), Some(v)) => v < *f,
-                _ => true,
-            }
-        })
-        .collect();
-    let tmp = p.with_extension("jsonl.tmp");
-    {
-        let mut f = JsonlAppender::open(&tmp)?;
-        for v in &keep {
-            f.append(v)?;
-        }
-        f.sync()?;
-    }
-    std::fs::rename(&tmp, p).map_err(|e| checkpoint_err(p, e))
-}
-
 const VERSION: &str = "GREATEST(COALESCE(send_time, 0), COALESCE(update_time, 0))";
 
 pub async fn run(cfg: Config, opts: WatermarkOptions) -> Result<WatermarkSummary> {
     let started = Instant::now();
-    if opts.page == 0 {
-        return Err(Error::Usage("--max-batch must be at least 1".into()));
-    }
     let database = cfg.database().ok_or_else(|| {
         Error::config(
             cfg.path.display().to_string(),
@@ -191,35 +127,26 @@ pub async fn run(cfg: Config, opts: WatermarkOptions) -> Result<WatermarkSummary
         );
     }
     let pool = crate::source::mysql::connect(&cfg, 2).await?;
-
-    // Target set-up, as diff does.
     let prepared = crate::sink::prepare(&cfg, &tables, true, true).await?;
-    let hbase = prepared
-        .hbase
-        .ok_or_else(|| Error::Other("HBase not prepared".into()))?;
+    let state = StateDir::new(&opts.state_dir);
 
     // Fence an earlier attempt, then learn what it committed.
-    let tx_id = format!(
-        "falcon-diff-watermark-{}-{database}-{}",
-        cfg.kafka.progress_topic, opts.run_id
-    );
-    let k = cfg.kafka.clone();
-    let producer = Arc::new(blocking(move || make_tx_producer(&k, &tx_id)).await?);
-    let mkey = marker_key(&database, &opts.run_id);
-    let (k, mk) = (cfg.kafka.clone(), mkey.clone());
-    let markers: Vec<Checkpoint> = blocking(move || read_markers(&k, &mk))
+    let source = source_identity(&pool).await?;
+    let db = sanitize(&database);
+    let mkey = format!("{source}/{db}/watermark/{}", opts.run_id);
+    let tx_id = format!("falcon-watermark-{source}-{db}-{}", opts.run_id);
+    let (k, id) = (cfg.kafka.clone(), tx_id.clone());
+    let producer = blocking(move || make_tx_producer(&k, &id)).await?;
+    let (k, prefix) = (cfg.kafka.clone(), mkey.clone());
+    let markers: Vec<Checkpoint> = blocking(move || read_markers(&k, &prefix))
         .await?
         .into_iter()
-        .filter_map(|p| serde_json::from_slice::<Checkpoint>(&p).ok())
+        .filter(|r| r.key == mkey)
+        .filter_map(|r| serde_json::from_slice::<Checkpoint>(&r.payload).ok())
         .filter(|c| c.run == opts.run_id && c.database == database)
         .collect();
-    let run_dir = opts.state_dir.join("diff").join(&opts.run_id);
-    let checkpoint_path = run_dir.join("watermark.json");
-    let local: Option<Checkpoint> = match std::fs::read_to_string(&checkpoint_path) {
-        Ok(t) => Some(serde_json::from_str(&t).map_err(|e| checkpoint_err(&checkpoint_path, e))?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(checkpoint_err(&checkpoint_path, e)),
-    };
+    let checkpoint_path = state.watermark_checkpoint(&opts.run_id);
+    let local: Option<Checkpoint> = read_json(&checkpoint_path)?;
     // Per table, the furthest of the local checkpoint and the committed markers.
     let mut resume: BTreeMap<String, Watermark> = BTreeMap::new();
     for c in markers.iter().chain(local.iter()) {
@@ -228,7 +155,11 @@ pub async fn run(cfg: Config, opts: WatermarkOptions) -> Result<WatermarkSummary
             *e = (*e).max(*w);
         }
     }
-    let base = base_start_s(&opts.state_dir, &opts.base_run_id)?;
+    let base = state
+        .base_records(&opts.base_run_id)?
+        .iter()
+        .map(|r| r.start_ts_ms / 1000)
+        .min();
     let mut from: BTreeMap<String, Watermark> = BTreeMap::new();
     for t in &tables {
         let w = match (opts.since, resume.get(&t.source), base) {
@@ -261,33 +192,57 @@ pub async fn run(cfg: Config, opts: WatermarkOptions) -> Result<WatermarkSummary
         .map(|(t, w)| (t.clone(), w.version_s.saturating_sub(opts.overlap_s)))
         .collect();
     tracing::info!(run = %opts.run_id, from = ?from, overlap_s = opts.overlap_s, "diff (watermark) started");
-    let dead_path = run_dir.join("watermark-dead.jsonl");
-    prune_dead(&dead_path, &lower)?;
-    let mut dead_file = JsonlAppender::open(&dead_path)?;
-    let rooms = load_rooms(&pool).await?;
-    let mut room_cache: HashSet<u64> = HashSet::new();
+    let dead_path = state.watermark_dead(&opts.run_id);
+    // Dead letters of rows at or after the window's start are about to be read again.
+    dead::prune(&dead_path, |v| {
+        let table = v["table"].as_str().unwrap_or("");
+        let version = match v["position"].as_str().and_then(Position::parse) {
+            Some(Position::Watermark { version_s, .. }) => Some(version_s),
+            _ => None,
+        };
+        match (lower.get(table), version) {
+            (Some(f), Some(v)) => v < *f,
+            _ => true,
+        }
+    })?;
+    let dead_file = Arc::new(Mutex::new(JsonlAppender::open(&dead_path)?));
+    let rooms = Arc::new(Rooms::load(&pool).await?);
+    let mut admission = Admission::new(rooms, cfg.kafka.message_max_bytes);
+    let mut committer = Committer::new(
+        Some((cfg.kafka.clone(), tx_id, Some(producer))),
+        Some(HbaseLane::new(
+            &cfg.hbase.thrift,
+            cfg.hbase.framed,
+            prepared.hbase,
+        )),
+        dead_file,
+        opts.retry,
+    );
 
     let (interrupted, _) = super::on_interrupt("finishing the page in hand");
 
-    let family = cfg.hbase.column_family.as_bytes().to_vec();
     let ctx = MapContext {
         salt_buckets: cfg.hbase.salt_buckets,
         epoch_ms: cfg.ids.epoch_ms,
         default_version_ms: 0,
     };
     let spec = mapping::spec(EntityKind::Message);
-    let mut hbase = Some(hbase);
     let mut committed: BTreeMap<String, Watermark> = from.clone();
     let mut read = 0u64;
-    let mut kafka_txs = 0u64;
     let mut dead_count = 0u64;
     let mut applied: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
     let mut last_version_s: Option<u64> = None;
     let mut last_log = Instant::now();
     let origin_run = opts.run_id.clone();
-    let max_event = cfg.kafka.message_max_bytes;
+    let family = cfg.hbase.column_family.clone();
     for t in &tables {
         applied.entry(t.source.clone()).or_default();
+        let d = Dest {
+            topic: &t.topic,
+            hbase_table: &t.hbase_table,
+            id_map_table: &cfg.hbase.id_map_table,
+            family: family.as_bytes(),
+        };
         let low = lower[&t.source];
         // Rows at `low` and after; then strictly after the last row of each page.
         let mut cursor: Option<Watermark> = None;
@@ -333,9 +288,9 @@ pub async fn run(cfg: Config, opts: WatermarkOptions) -> Result<WatermarkSummary
             if rows.is_empty() {
                 break;
             }
-            let mut plan = Planned::default();
+            let mut batch = Batch::default();
             let mut page_applied = 0u64;
-            let mut page_dead: Vec<&'static str> = Vec::new();
+            let mut page_dead = 0u64;
             let mut end = cursor.unwrap_or(Watermark {
                 version_s: 0,
                 id: 0,
@@ -354,100 +309,32 @@ pub async fn run(cfg: Config, opts: WatermarkOptions) -> Result<WatermarkSummary
                     other => other.as_i64().unwrap_or(0).max(0) as u64,
                 };
                 end = Watermark { version_s, id };
-                let position = format!("watermark:{version_s}:{id}");
+                let position = Position::Watermark { version_s, id }.to_string();
                 let origin = event::Origin {
                     phase: "diff",
                     run: &origin_run,
                     position: &position,
                 };
-                let mut outcome = mapping::canonical(EntityKind::Message, &vals, &ctx);
-                if let (Ok(_), Some(room)) =
-                    (&outcome, mapping::required_room(EntityKind::Message, &vals))
-                {
-                    if !room_exists(rooms.as_deref(), &pool, &mut room_cache, room).await? {
-                        outcome = Err(Rejection {
-                            reason: Reject::OrphanRoom,
-                            detail: format!("room {room} does not exist"),
-                        });
-                    }
-                }
                 let mut ev = Vec::with_capacity(512);
-                if let Ok(c) = &outcome {
-                    event::encode(c, &origin, &mut ev);
-                    if ev.len() > max_event {
-                        outcome = Err(Rejection {
-                            reason: Reject::OversizedEvent,
-                            detail: format!(
-                                "event of {} bytes exceeds kafka.message_max_bytes {max_event}",
-                                ev.len()
-                            ),
-                        });
+                match admission
+                    .admit(EntityKind::Message, &vals, &ctx, Some((&origin, &mut ev)))
+                    .await?
+                {
+                    Err(why) => {
+                        let mut line = DeadLetter::new(&t.source, spec, &vals, why);
+                        line.position = Some(position.clone());
+                        line.op = Some("upsert");
+                        batch.dead.push(line.encode()?);
+                        page_dead += 1;
+                    }
+                    Ok(c) => {
+                        // No before image: a NULL column may have held a
+                        // value, so every version of it up to the row's goes.
+                        batch.event(d.topic, c.partition_key, ev);
+                        batch.put_row(&c, &d, &ctx, &all_null(&c));
+                        page_applied += 1;
                     }
                 }
-                let c = match outcome {
-                    Ok(c) => c,
-                    Err(rej) => {
-                        let line = DeadLetter {
-                            table: &t.source,
-                            position: &position,
-                            op: "upsert",
-                            key: spec.key_of(&vals),
-                            reason: rej.reason.as_str(),
-                            detail: rej.detail,
-                            values: spec
-                                .columns
-                                .iter()
-                                .map(|c| c.name)
-                                .zip(vals.iter().cloned())
-                                .collect(),
-                        };
-                        plan.dead.push(
-                            serde_json::to_vec(&line).map_err(|e| Error::Other(e.to_string()))?,
-                        );
-                        page_dead.push("upsert");
-                        continue;
-                    }
-                };
-                // No before image: a NULL column may have held a value, so
-                // every version of it up to the row's version goes.
-                let nulled: Vec<&str> = c
-                    .cells
-                    .iter()
-                    .filter(|x| x.value.is_none())
-                    .map(|x| x.name)
-                    .collect();
-                if !nulled.is_empty() {
-                    plan.deletes
-                        .entry(t.hbase_table.clone())
-                        .or_default()
-                        .push(columns_delete(&c.row_key, &family, &nulled, c.version_ms));
-                }
-                plan.records
-                    .push((t.topic.clone(), c.partition_key.to_string(), ev));
-                plan.puts
-                    .entry(t.hbase_table.clone())
-                    .or_default()
-                    .push(cells::put(&c, &family));
-                if let Some((legacy, new_id, room)) = c.id_pair {
-                    plan.puts
-                        .entry(cfg.hbase.id_map_table.clone())
-                        .or_default()
-                        .extend(cells::id_map_puts(
-                            legacy,
-                            new_id,
-                            room,
-                            ctx.salt_buckets,
-                            ctx.epoch_ms,
-                            &family,
-                        ));
-                }
-                page_applied += 1;
-            }
-            if !plan.dead.is_empty() {
-                for d in &plan.dead {
-                    dead_file.append_raw(d)?;
-                }
-                dead_file.sync()?;
             }
             let mut next = committed.clone();
             next.insert(t.source.clone(), end);
@@ -456,39 +343,24 @@ pub async fn run(cfg: Config, opts: WatermarkOptions) -> Result<WatermarkSummary
                 database: database.clone(),
                 tables: next.clone(),
             };
-            let payload = serde_json::to_vec(&marker).map_err(|e| Error::Other(e.to_string()))?;
+            batch.marker = Some(Marker {
+                key: mkey.clone(),
+                payload: serde_json::to_vec(&marker).map_err(|e| Error::Other(e.to_string()))?,
+            });
             let what = format!(
                 "the {} page ending at ({}, {})",
                 t.source, end.version_s, end.id
             );
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                match write_batch(&producer, &mut hbase, &cfg, &plan, &mkey, &payload, &what).await
-                {
-                    Ok(()) => break,
-                    Err(e) => {
-                        abort(&producer).await;
-                        hbase = None;
-                        if e.is_transient() && attempt < MAX_ATTEMPTS {
-                            let wait = Duration::from_millis(500 * (1 << attempt));
-                            tracing::warn!(attempt, "retrying {what} in {wait:?}: {e}");
-                            tokio::time::sleep(wait).await;
-                            continue;
-                        }
-                        return Err(Error::Other(format!(
-                            "diff (watermark): {what}: {e} (checkpoint stays at {:?})",
-                            committed
-                        )));
-                    }
-                }
-            }
-            kafka_txs += 1;
+            committer.commit(&what, &mut batch).await.map_err(|e| {
+                Error::Other(format!(
+                    "diff (watermark): {e} (checkpoint stays at {committed:?})"
+                ))
+            })?;
             write_json_atomic(&checkpoint_path, &marker)?;
             committed = next;
             cursor = Some(end);
             read += rows.len() as u64;
-            dead_count += page_dead.len() as u64;
+            dead_count += page_dead;
             *applied
                 .entry(t.source.clone())
                 .or_default()
@@ -531,11 +403,11 @@ pub async fn run(cfg: Config, opts: WatermarkOptions) -> Result<WatermarkSummary
             "caught_up"
         },
         events_read: read,
-        kafka_transactions: kafka_txs,
+        kafka_transactions: committer.commits,
         applied,
         applied_total,
         dead_lettered: dead_count,
-        dead_letter_reasons: dead_reasons(&dead_path)?,
+        dead_letter_reasons: dead::reasons(&dead_path)?,
         lag_s: last_version_s.map_or(0.0, |v| (now_ms() as f64 / 1000.0 - v as f64).max(0.0)),
         elapsed_s: elapsed,
         changes_per_s: applied_total as f64 / elapsed.max(1e-9),

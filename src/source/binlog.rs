@@ -110,7 +110,9 @@ pub async fn snapshot_schema(
 
 /// Checks that `start` still exists on the server (its file was not purged).
 pub async fn check_available(pool: &MySqlPool, start: &Position) -> Result<()> {
-    let Position::Binlog { file, offset, .. } = start;
+    let Position::Binlog { file, offset, .. } = start else {
+        return Err(not_binlog(start));
+    };
     let logs: Vec<(String, u64)> = sqlx::query("SHOW BINARY LOGS")
         .fetch_all(pool)
         .await
@@ -189,7 +191,9 @@ pub async fn open_stream(
     server_id: u32,
     start: &Position,
 ) -> Result<mysql_async::BinlogStream> {
-    let Position::Binlog { file, offset, .. } = start;
+    let Position::Binlog { file, offset, .. } = start else {
+        return Err(not_binlog(start));
+    };
     let opts = mysql_async::Opts::from_url(&cfg.source.url)
         .map_err(|e| Error::config(cfg.path.display().to_string(), format!("source.url: {e}")))?;
     let mut b = mysql_async::OptsBuilder::from_opts(opts);
@@ -240,7 +244,9 @@ impl Reader {
         mut stream: mysql_async::BinlogStream,
         out: mpsc::Sender<Item>,
     ) -> Result<()> {
-        let Position::Binlog { mut file, .. } = self.start.clone();
+        let Position::Binlog { mut file, .. } = self.start.clone() else {
+            return Err(not_binlog(&self.start));
+        };
         let mut safe = self.start.clone();
         if self.reached(&safe) {
             let _ = out.send(Item::Advanced(safe)).await;
@@ -486,6 +492,10 @@ impl Reader {
         }
         Ok(())
     }
+}
+
+fn not_binlog(p: &Position) -> Error {
+    Error::Usage(format!("{p} is not a binlog position (FILE:OFFSET)"))
 }
 
 fn closed() -> Error {

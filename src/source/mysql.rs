@@ -133,3 +133,46 @@ pub async fn inspect(pool: &MySqlPool, database: &str, m: TableMapping) -> Resul
         mapping: m,
     })
 }
+
+/// The binlog position of a consistent snapshot: every transaction before it
+/// is visible to any read that starts afterwards, and every one after it is
+/// in the binlog after it. MariaDB reports it for `START TRANSACTION WITH
+/// CONSISTENT SNAPSHOT` (`binlog_snapshot_file` / `_position`); elsewhere
+/// `SHOW MASTER STATUS` is read inside such a transaction.
+pub async fn snapshot_position(pool: &MySqlPool) -> Result<Position> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| Error::mysql("snapshot connection", e))?;
+    sqlx::query("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| Error::mysql("START TRANSACTION WITH CONSISTENT SNAPSHOT", e))?;
+    let rows: Vec<(String, String)> = sqlx::query_as("SHOW STATUS LIKE 'binlog_snapshot_%'")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap_or_default();
+    let get = |n: &str| {
+        rows.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
+    let snap = match (get("binlog_snapshot_file"), get("binlog_snapshot_position")) {
+        (Some(file), Some(pos)) if !file.is_empty() => {
+            pos.parse::<u64>().ok().map(|offset| (file, offset))
+        }
+        _ => None,
+    };
+    let result = match snap {
+        Some((file, offset)) => {
+            let gtid: String = sqlx::query_scalar("SELECT CAST(@@GLOBAL.gtid_binlog_pos AS CHAR)")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap_or_default();
+            Ok(Position::Binlog { file, offset, gtid })
+        }
+        None => binlog_position(pool).await,
+    };
+    let _ = sqlx::query("COMMIT").execute(&mut *conn).await;
+    result
+}

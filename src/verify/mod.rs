@@ -273,14 +273,8 @@ pub async fn run(cfg: Config, opts: VerifyOptions) -> Result<VerifySummary> {
         })
         .await?;
     }
-    let rooms = if tables
-        .iter()
-        .any(|t| matches!(t.spec.kind, EntityKind::Message | EntityKind::RoomMember))
-    {
-        crate::pipeline::base::load_rooms(&pool).await?
-    } else {
-        None
-    };
+    let kinds: Vec<EntityKind> = tables.iter().map(|t| t.spec.kind).collect();
+    let rooms = Arc::new(crate::mapping::Rooms::for_kinds(&pool, &kinds).await?);
     let src = Arc::new(Source {
         pool,
         // Tables without a version column get "now": only a repair writes it.

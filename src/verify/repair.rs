@@ -11,44 +11,20 @@
 //!
 //! Kafka: a full-state event (phase `repair`) for each missing or different
 //! row, a hard-delete event for each extra key (sent to the partition that
-//! holds it), all in one transaction.
+//! holds it), all in one transaction, written by the shared committer with a
+//! marker of the repair.
 
-use rdkafka::producer::{BaseRecord, Producer};
-use rdkafka::util::Timeout;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use super::compare::{Kind, Problem};
 use super::rows::{Locator, Target, TargetRow};
 use crate::config::{Config, EntityKind};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::mapping::Canonical;
-use crate::sink::hbase::thrift2::{TColumn, TDelete, TDeleteType};
+use crate::pipeline::commit::{Committer, Marker, RetryPolicy, Unit, Work};
+use crate::sink::hbase::cells::delete_versions;
 use crate::sink::hbase::{cells, HbaseClient};
 use crate::sink::kafka::event;
-use crate::sink::kafka::tx::{make_tx_producer, send};
-
-/// Deletes exactly these versions of the row's cells.
-fn delete_versions(row_key: &[u8], family: &[u8], cells: &[(Vec<u8>, i64)]) -> Option<TDelete> {
-    if cells.is_empty() {
-        return None;
-    }
-    let cols = cells
-        .iter()
-        .map(|(q, ts)| TColumn {
-            family: family.to_vec(),
-            qualifier: Some(q.clone()),
-            timestamp: Some(*ts),
-        })
-        .collect();
-    Some(TDelete::new(
-        row_key.to_vec(),
-        Some(cols),
-        None,
-        Some(TDeleteType::DELETE_COLUMN),
-        None,
-        None,
-    ))
-}
 
 /// The stored versions a put of `c` would not replace: cells the canonical
 /// row does not have, or stamped later than its version.
@@ -133,6 +109,68 @@ pub fn hbase(
     Ok(problems.len() as u64)
 }
 
+/// The correcting events of every table, as one unit of work.
+struct RepairEvents<'a> {
+    topics: &'a [String],
+    kinds: &'a [EntityKind],
+    problems: &'a [&'a Problem],
+    position: &'a str,
+    now_ms: u64,
+    marker: Marker,
+    sent: u64,
+}
+
+impl Work for RepairEvents<'_> {
+    async fn write(&mut self, unit: &mut Unit<'_>) -> Result<Option<Marker>> {
+        let origin = event::Origin {
+            phase: "repair",
+            run: "verify",
+            position: self.position,
+        };
+        let mut ev = Vec::with_capacity(1024);
+        self.sent = 0;
+        for p in self.problems {
+            debug_assert_eq!(p.target, Target::Kafka);
+            let topic = &self.topics[p.table];
+            match (p.kind, &p.source) {
+                (Kind::Missing | Kind::Different, Some(s)) => {
+                    event::encode(&s.c, &origin, &mut ev);
+                    let key = s.c.partition_key.to_string();
+                    unit.send(topic, key.as_bytes(), &ev).await?;
+                }
+                _ => {
+                    let Some(Locator::Kafka {
+                        partition,
+                        record_key,
+                    }) = p.found.as_ref().map(|r| &r.at)
+                    else {
+                        continue;
+                    };
+                    let new_id = match self.kinds[p.table] {
+                        EntityKind::Message => p
+                            .found
+                            .as_ref()
+                            .and_then(|r| r.get("id"))
+                            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok()),
+                        _ => None,
+                    };
+                    let removal = event::encode_removal(
+                        self.kinds[p.table],
+                        &p.key,
+                        new_id,
+                        self.now_ms,
+                        &origin,
+                    );
+                    // To the partition that holds the key, whatever its record key hashes to.
+                    unit.send_to(topic, *partition, record_key, &removal)?;
+                }
+            }
+            self.sent += 1;
+        }
+        Ok(Some(self.marker.clone()))
+    }
+}
+
 /// Appends the correcting events of every table in one transaction; returns
 /// how many events were appended.
 pub async fn kafka(
@@ -146,65 +184,30 @@ pub async fn kafka(
     if problems.is_empty() {
         return Ok(0);
     }
-    let k = cfg.kafka.clone();
     // One id per job (its progress topic): a concurrent repair of the same
     // job is fenced, other jobs are not.
     let id = format!("falcon-verify-repair-{}", cfg.kafka.progress_topic);
-    let producer = tokio::task::spawn_blocking(move || make_tx_producer(&k, &id))
-        .await
-        .map_err(|e| Error::Other(format!("producer: {e}")))??;
-    producer
-        .begin_transaction()
-        .map_err(|e| Error::kafka("begin repair transaction", e))?;
-    let origin = event::Origin {
-        phase: "repair",
-        run: "verify",
+    let dead = std::env::temp_dir().join(format!("falcon-repair-{}.jsonl", std::process::id()));
+    let dead = Arc::new(Mutex::new(crate::checkpoint::JsonlAppender::open(&dead)?));
+    let mut committer = Committer::new(
+        Some((cfg.kafka.clone(), id.clone(), None)),
+        None,
+        dead,
+        RetryPolicy::default(),
+    );
+    let mut work = RepairEvents {
+        topics,
+        kinds,
+        problems,
         position,
+        now_ms,
+        marker: Marker {
+            key: format!("repair/{id}"),
+            payload: format!("{{\"repair_ms\":{now_ms},\"events\":{}}}", problems.len())
+                .into_bytes(),
+        },
+        sent: 0,
     };
-    let mut ev = Vec::with_capacity(1024);
-    let mut n = 0;
-    for p in problems {
-        debug_assert_eq!(p.target, Target::Kafka);
-        let topic = &topics[p.table];
-        match (p.kind, &p.source) {
-            (Kind::Missing | Kind::Different, Some(s)) => {
-                event::encode(&s.c, &origin, &mut ev);
-                let key = s.c.partition_key.to_string();
-                send(&producer, topic, key.as_bytes(), &ev).await?;
-            }
-            _ => {
-                let Some(Locator::Kafka {
-                    partition,
-                    record_key,
-                }) = p.found.as_ref().map(|r| &r.at)
-                else {
-                    continue;
-                };
-                let new_id = match kinds[p.table] {
-                    EntityKind::Message => p
-                        .found
-                        .as_ref()
-                        .and_then(|r| r.get("id"))
-                        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok()),
-                    _ => None,
-                };
-                let removal =
-                    event::encode_removal(kinds[p.table], &p.key, new_id, now_ms, &origin);
-                // To the partition that holds the key, whatever its record key hashes to.
-                let rec = BaseRecord::to(topic)
-                    .key(record_key.as_slice())
-                    .payload(&removal)
-                    .partition(*partition);
-                producer
-                    .send(rec)
-                    .map_err(|(e, _)| Error::kafka(format!("produce to {topic}"), e))?;
-            }
-        }
-        n += 1;
-    }
-    tokio::task::block_in_place(|| {
-        producer.commit_transaction(Timeout::After(Duration::from_secs(120)))
-    })
-    .map_err(|e| Error::kafka("commit repair transaction", e))?;
-    Ok(n)
+    committer.commit("the repair events", &mut work).await?;
+    Ok(work.sent)
 }

@@ -2,7 +2,7 @@
 //! row mapped exactly as `base` maps it (rows base dead-letters are skipped
 //! and counted), hashed for both targets.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use futures_util::TryStreamExt;
@@ -11,8 +11,7 @@ use sqlx::mysql::MySqlPool;
 use super::digest::{Digest, RowHasher};
 use super::rows::{Filter, SourceRow};
 use crate::error::{Error, Result};
-use crate::mapping::{self, MapContext, SrcVal};
-use crate::sink::kafka::event;
+use crate::mapping::{self, Admission, MapContext, Rooms, SrcVal};
 pub use crate::source::mysql::SourceTable;
 
 /// Key values per range a worker streams.
@@ -23,8 +22,8 @@ const KEYS_PER_QUERY: usize = 500;
 pub struct Source {
     pub pool: MySqlPool,
     pub ctx: MapContext,
-    /// Sorted room ids: the fast path of the orphan check, as in base.
-    pub rooms: Option<Vec<u64>>,
+    /// The source's rooms, for the admission rule's orphan check.
+    pub rooms: Arc<Rooms>,
     pub message_max_bytes: usize,
 }
 
@@ -60,68 +59,22 @@ impl SourcePass {
 }
 
 impl Source {
-    /// Base dead-letters a row whose event exceeds `kafka.message_max_bytes`.
-    /// The event is encoded only when the row is anywhere near the limit
-    /// (JSON escaping at most sextuples a byte).
-    fn oversized(&self, c: &mapping::Canonical) -> bool {
-        let raw: usize = c
-            .cells
-            .iter()
-            .map(|x| x.name.len() + x.value.as_ref().map_or(4, String::len))
-            .sum();
-        if raw * 6 + 1024 < self.message_max_bytes {
-            return false;
-        }
-        // Base's origin names its run and position; a default run's are this
-        // long (a row within a few bytes of the limit may be judged apart).
-        let origin = event::Origin {
-            phase: "base",
-            run: "base",
-            position: "mariadb-bin.000001:1234567",
-        };
-        let mut ev = Vec::new();
-        event::encode(c, &origin, &mut ev);
-        ev.len() > self.message_max_bytes
-    }
-
-    async fn room_exists(&self, cache: &mut HashSet<u64>, room: u64) -> Result<bool> {
-        let Some(rooms) = &self.rooms else {
-            return Ok(true);
-        };
-        if rooms.binary_search(&room).is_ok() || cache.contains(&room) {
-            return Ok(true);
-        }
-        // A room created after the list was read is no orphan.
-        let found: Option<u64> = sqlx::query_scalar("SELECT room_id FROM room WHERE room_id = ?")
-            .bind(room)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| Error::mysql("orphan check", e))?;
-        if found.is_some() {
-            cache.insert(room);
-        }
-        Ok(found.is_some())
-    }
-
-    /// The row as base writes it, or None when base dead-letters it.
+    /// The row as base writes it, or None when base dead-letters it: the
+    /// same admission rule base, diff and watermark apply.
     async fn map(
         &self,
         t: &SourceTable,
         vals: &[SrcVal],
-        rooms: &mut HashSet<u64>,
+        admission: &mut Admission,
     ) -> Result<Option<mapping::Canonical>> {
-        let Ok(c) = mapping::canonical(t.spec.kind, vals, &self.ctx) else {
-            return Ok(None);
-        };
-        if self.oversized(&c) {
-            return Ok(None);
-        }
-        if let Some(room) = mapping::required_room(t.spec.kind, vals) {
-            if !self.room_exists(rooms, room).await? {
-                return Ok(None);
-            }
-        }
-        Ok(Some(c))
+        Ok(admission
+            .admit(t.spec.kind, vals, &self.ctx, None)
+            .await?
+            .ok())
+    }
+
+    fn admission(&self) -> Admission {
+        Admission::new(self.rooms.clone(), self.message_max_bytes)
     }
 
     /// One pass over every table (ranges of all tables share one queue).
@@ -186,7 +139,7 @@ impl Source {
             })
             .collect();
         let mut hasher = RowHasher::default();
-        let mut rooms = HashSet::new();
+        let mut rooms = self.admission();
         loop {
             let next = queue
                 .lock()
@@ -226,7 +179,7 @@ impl Source {
         vals: &[SrcVal],
         out: &mut SourcePass,
         hasher: &mut RowHasher,
-        rooms: &mut HashSet<u64>,
+        rooms: &mut Admission,
     ) -> Result<()> {
         let Some(c) = self.map(t, vals, rooms).await? else {
             out.skipped += 1;
@@ -266,7 +219,7 @@ impl Source {
             .collect();
         let mut out = HashMap::new();
         let mut hasher = RowHasher::default();
-        let mut rooms = HashSet::new();
+        let mut rooms = self.admission();
         for batch in parsed.chunks(KEYS_PER_QUERY) {
             let tuple = format!("({})", vec!["?"; pk.len()].join(", "));
             let sql = format!(

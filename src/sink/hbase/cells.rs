@@ -2,7 +2,7 @@
 //! as its timestamp, so replaying a write is a no-op and an older write can
 //! never hide a newer one.
 
-use super::thrift2::{TColumnValue, TPut};
+use super::thrift2::{TColumn, TColumnValue, TDelete, TDeleteType, TPut};
 use crate::mapping::{ids, keys, Canonical};
 
 pub fn put(c: &Canonical, family: &[u8]) -> TPut {
@@ -61,4 +61,50 @@ pub fn id_map_puts(
             None,
         ),
     ]
+}
+
+/// Deletes every version of a row up to `ts`.
+pub fn row_delete(row_key: &[u8], ts: u64) -> TDelete {
+    TDelete::new(row_key.to_vec(), None, Some(ts as i64), None, None, None)
+}
+
+/// Deletes every version of the named columns up to `ts`.
+pub fn columns_delete(row_key: &[u8], family: &[u8], names: &[&str], ts: u64) -> TDelete {
+    let cols = names
+        .iter()
+        .map(|n| {
+            TColumn::new(
+                family.to_vec(),
+                Some(n.as_bytes().to_vec()),
+                Some(ts as i64),
+            )
+        })
+        .collect();
+    TDelete::new(
+        row_key.to_vec(),
+        Some(cols),
+        Some(ts as i64),
+        Some(TDeleteType::DELETE_COLUMNS),
+        None,
+        None,
+    )
+}
+
+/// Deletes exactly these versions of the row's cells.
+pub fn delete_versions(row_key: &[u8], family: &[u8], cells: &[(Vec<u8>, i64)]) -> Option<TDelete> {
+    if cells.is_empty() {
+        return None;
+    }
+    let cols = cells
+        .iter()
+        .map(|(q, ts)| TColumn::new(family.to_vec(), Some(q.clone()), Some(*ts)))
+        .collect();
+    Some(TDelete::new(
+        row_key.to_vec(),
+        Some(cols),
+        None,
+        Some(TDeleteType::DELETE_COLUMN),
+        None,
+        None,
+    ))
 }

@@ -34,13 +34,40 @@ pub fn make_tx_producer(
     Ok(p)
 }
 
+/// A committed record of the progress topic.
+#[derive(Debug, Clone)]
+pub struct MarkerRecord {
+    pub key: String,
+    pub payload: Vec<u8>,
+}
+
 /// Reads the committed records of the progress topic whose key starts with
-/// `prefix`, returning their payloads in order.
-pub fn read_markers(cfg: &KafkaConfig, prefix: &str) -> Result<Vec<Vec<u8>>> {
+/// `prefix`, in order. Call it after fencing the producers that may hold a
+/// transaction open on the topic: `read_committed` reads stop at the first
+/// open transaction until it ends.
+pub fn read_markers(cfg: &KafkaConfig, prefix: &str) -> Result<Vec<MarkerRecord>> {
+    read_progress(cfg, prefix, true)
+}
+
+/// Reads the progress topic, committed records only or (`committed` false)
+/// everything, open and aborted transactions included: only for hints that
+/// must be read before the producers holding transactions open are fenced.
+pub fn read_progress(
+    cfg: &KafkaConfig,
+    prefix: &str,
+    committed: bool,
+) -> Result<Vec<MarkerRecord>> {
     let consumer: BaseConsumer = super::base_config(cfg)
         .set("group.id", "falcon-progress-reader")
         .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
+        .set(
+            "isolation.level",
+            if committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
         .create()
         .map_err(|e| Error::kafka("progress reader", e))?;
     let topic = &cfg.progress_topic;
@@ -67,13 +94,19 @@ pub fn read_markers(cfg: &KafkaConfig, prefix: &str) -> Result<Vec<Vec<u8>>> {
         if Instant::now() > deadline {
             return Err(Error::kafka(
                 format!("read {topic}"),
-                "timed out reading chunk markers",
+                crate::error::KafkaCause::new(
+                    "timed out reading progress markers (a transaction of another process may still be open on the topic)",
+                    crate::error::Retry::Transient,
+                ),
             ));
         }
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(m)) if m.key().is_some_and(|k| k.starts_with(prefix.as_bytes())) => {
-                if let Some(p) = m.payload() {
-                    out.push(p.to_vec());
+                if let (Some(k), Some(p)) = (m.key(), m.payload()) {
+                    out.push(MarkerRecord {
+                        key: String::from_utf8_lossy(k).into_owned(),
+                        payload: p.to_vec(),
+                    });
                 }
             }
             Some(Ok(_)) => {}

@@ -1,0 +1,252 @@
+//! Row changes → a [`Batch`]: each binlog change is admitted by the one
+//! admission rule and turned into the writes that bring both targets to the
+//! row's new state; then the committer writes the batch with the marker of
+//! the position after it, and only then is the local checkpoint rewritten.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use super::batch::{all_null, nulled, Batch, Dest};
+use super::{Checkpoint, Histogram};
+use crate::checkpoint::{write_json_atomic, DeadLetter};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::mapping::{self, Admission, MapContext};
+use crate::pipeline::base::now_ms;
+use crate::pipeline::commit::{Committer, Marker};
+use crate::position::Position;
+use crate::sink::kafka::event;
+use crate::source::binlog::{Item, Op, RowChange, SourceTx, TableSchema};
+
+/// With nothing mapped to apply, the position is still committed this often,
+/// so a restart does not rescan a long stretch of other tables' changes.
+const IDLE_COMMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub(super) struct Applier {
+    pub(super) cfg: Config,
+    pub(super) run_id: String,
+    pub(super) marker_key: String,
+    pub(super) schema: std::sync::Arc<Vec<TableSchema>>,
+    pub(super) admission: Admission,
+    pub(super) committer: Committer,
+    pub(super) floor_ms: u64,
+    pub(super) checkpoint_path: PathBuf,
+    pub(super) committed: Position,
+    pub(super) seen: Position,
+    pub(super) last_commit: Instant,
+    // Counters of this invocation.
+    pub(super) read: u64,
+    pub(super) txs: u64,
+    pub(super) applied: BTreeMap<(usize, &'static str), u64>,
+    pub(super) dead_count: u64,
+    pub(super) lag: Histogram,
+    pub(super) latency: Histogram,
+    pub(super) last_lag_ms: u64,
+}
+
+impl Applier {
+    fn ctx(&self, ts_s: u32) -> MapContext {
+        MapContext {
+            salt_buckets: self.cfg.hbase.salt_buckets,
+            epoch_ms: self.cfg.ids.epoch_ms,
+            default_version_ms: (u64::from(ts_s) * 1000).max(self.floor_ms),
+        }
+    }
+
+    fn checkpoint_at(&self, position: &Position) -> Checkpoint {
+        Checkpoint {
+            run: self.run_id.clone(),
+            position: position.clone(),
+            version_floor_ms: self.floor_ms,
+        }
+    }
+
+    fn marker(&self, position: &Position) -> Result<Marker> {
+        Ok(Marker {
+            key: self.marker_key.clone(),
+            payload: serde_json::to_vec(&self.checkpoint_at(position))
+                .map_err(|e| Error::Other(e.to_string()))?,
+        })
+    }
+
+    pub(super) async fn apply(&mut self, items: Vec<Item>) -> Result<()> {
+        let mut txs: Vec<SourceTx> = Vec::new();
+        for it in items {
+            match it {
+                Item::Tx(t) => {
+                    self.seen = self.seen.clone().max(t.end.clone());
+                    txs.push(t);
+                }
+                Item::Advanced(p) => self.seen = self.seen.clone().max(p),
+            }
+        }
+        if txs.is_empty() {
+            if self.seen > self.committed && self.last_commit.elapsed() >= IDLE_COMMIT {
+                self.commit_position_only().await?;
+            }
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        let mut applied = Vec::new();
+        let mut dead = 0u64;
+        for t in &txs {
+            for ch in &t.changes {
+                match self.plan(ch, &mut batch).await? {
+                    Ok(label) => applied.push((ch.table, label)),
+                    Err(line) => {
+                        dead += 1;
+                        batch.dead.push(line);
+                    }
+                }
+            }
+        }
+        let end = self.seen.clone();
+        batch.marker = Some(self.marker(&end)?);
+        let what = format!("the diff batch ending at {end}");
+        let r = self.committer.commit(&what, &mut batch).await;
+        r.map_err(|e| match e {
+            Error::Interrupted => e,
+            e => Error::Other(format!("{e} (checkpoint stays at {})", self.committed)),
+        })?;
+        self.checkpoint(end)?;
+        let now = now_ms();
+        for t in &txs {
+            let n = t.changes.len() as u64;
+            let lag = now.saturating_sub(u64::from(t.ts_s) * 1000);
+            self.lag.add(lag, n);
+            self.latency.add(t.received.elapsed().as_millis() as u64, n);
+            self.last_lag_ms = lag;
+        }
+        self.txs += txs.len() as u64;
+        self.read += txs.iter().map(|t| t.changes.len() as u64).sum::<u64>();
+        for k in applied {
+            *self.applied.entry(k).or_default() += 1;
+        }
+        self.dead_count += dead;
+        Ok(())
+    }
+
+    /// Maps one change into the batch's writes: its label, or its dead letter.
+    async fn plan(
+        &mut self,
+        ch: &RowChange,
+        batch: &mut Batch,
+    ) -> Result<std::result::Result<&'static str, Vec<u8>>> {
+        let schema = self.schema.clone();
+        let s = &schema[ch.table];
+        let kind = s.kind();
+        let spec = mapping::spec(kind);
+        let table = s.mapping.source.as_str();
+        let id_map = self.cfg.hbase.id_map_table.clone();
+        let family = self.cfg.hbase.column_family.clone();
+        let d = Dest {
+            topic: &s.mapping.topic,
+            hbase_table: &s.mapping.hbase_table,
+            id_map_table: &id_map,
+            family: family.as_bytes(),
+        };
+        let ctx = self.ctx(ch.ts_s);
+        let origin = event::Origin {
+            phase: "diff",
+            run: &self.run_id,
+            position: &ch.position,
+        };
+        let event_ms = u64::from(ch.ts_s) * 1000;
+        let image = match ch.op {
+            Op::Delete => ch.before.as_ref(),
+            _ => ch.after.as_ref(),
+        }
+        .ok_or_else(|| Error::Binlog {
+            context: format!("at {}", ch.position),
+            message: format!("a row event of {table} without its row image"),
+        })?;
+        let label = match ch.op {
+            Op::Insert => "insert",
+            Op::Delete => "hard_delete",
+            Op::Update => {
+                let del = spec.index_of("deleted");
+                let was = del.and_then(|i| ch.before.as_ref().and_then(|b| b[i].as_i64()));
+                let is = del.and_then(|i| image[i].as_i64());
+                if is.is_some_and(|v| v != 0) && was == Some(0) {
+                    "soft_delete"
+                } else {
+                    "update"
+                }
+            }
+        };
+        let before = ch
+            .before
+            .as_ref()
+            .and_then(|b| mapping::canonical(kind, b, &ctx).ok());
+        let dead_line = |why: mapping::Rejection| -> Result<Vec<u8>> {
+            let mut line = DeadLetter::new(table, spec, image, why);
+            line.position = Some(ch.position.clone());
+            line.op = Some(label);
+            line.encode()
+        };
+        if ch.op == Op::Delete {
+            let b = match mapping::canonical(kind, image, &ctx) {
+                Ok(b) => b,
+                // The same mapping kept the row out of the targets: nothing to remove.
+                Err(why) => return Ok(Err(dead_line(why)?)),
+            };
+            let at = event_ms.max(b.version_ms);
+            batch.remove_row(&b, at, &d, &ctx, true, Some(&origin));
+            return Ok(Ok(label));
+        }
+        let mut ev = Vec::with_capacity(512);
+        let c = match self
+            .admission
+            .admit(kind, image, &ctx, Some((&origin, &mut ev)))
+            .await?
+        {
+            Ok(c) => c,
+            Err(mut why) => {
+                // The new state cannot be written: the old one must not stay
+                // live in the targets as if nothing had changed.
+                if let Some(b) = &before {
+                    let at = event_ms.max(b.version_ms);
+                    batch.remove_row(b, at, &d, &ctx, true, Some(&origin));
+                    why.detail
+                        .push_str("; the row's previous state was removed from the targets");
+                }
+                return Ok(Err(dead_line(why)?));
+            }
+        };
+        let mut gone = Vec::new();
+        if let Some(b) = &before {
+            if b.row_key != c.row_key {
+                // A key column changed (a message moved to another room, or
+                // its send time was edited): the old row goes away.
+                let at = event_ms.max(b.version_ms);
+                let event = (b.key != c.key).then_some(&origin);
+                batch.remove_row(b, at, &d, &ctx, b.key != c.key, event);
+            } else {
+                gone = nulled(b, &c);
+            }
+        } else if ch.op == Op::Update {
+            gone = all_null(&c);
+        }
+        batch.event(d.topic, c.partition_key, ev);
+        batch.put_row(&c, &d, &ctx, &gone);
+        Ok(Ok(label))
+    }
+
+    fn checkpoint(&mut self, end: Position) -> Result<()> {
+        write_json_atomic(&self.checkpoint_path, &self.checkpoint_at(&end))?;
+        self.committed = end;
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+
+    /// Records a position reached with nothing mapped to apply.
+    pub(super) async fn commit_position_only(&mut self) -> Result<()> {
+        let end = self.seen.clone();
+        let mut batch = Batch::default();
+        batch.marker = Some(self.marker(&end)?);
+        let what = format!("the diff position {end}");
+        self.committer.commit(&what, &mut batch).await?;
+        self.checkpoint(end)
+    }
+}
