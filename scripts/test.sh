@@ -99,6 +99,7 @@ step() { # step NAME CMD...
   fi
 }
 
+step "scripts/thrift-gen.sh --check" bash scripts/thrift-gen.sh --check
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy --release --all-targets -- -D warnings" \
   cargo clippy --release --all-targets -- -D warnings

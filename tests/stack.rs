@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use falcon_migrate::config::{Config, KafkaConfig};
 use falcon_migrate::position::Position;
-use falcon_migrate::sink::hbase::thrift2::{TColumnValue, TPut};
+use falcon_migrate::sink::hbase::cells::put_cells;
 use falcon_migrate::sink::hbase::HbaseClient;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
@@ -143,21 +143,7 @@ fn hbase_cell_round_trips_with_its_timestamp() {
     let mut value = "お疲れさまです🙏 [qt]引用[/qt]".as_bytes().to_vec();
     value.extend_from_slice(&[0x00, 0xff, 0xfe]); // not UTF-8: bytes are bytes
     let ts: i64 = 1_700_000_000_123;
-    let put = TPut::new(
-        row.clone(),
-        vec![TColumnValue::new(
-            b"d".to_vec(),
-            b"body".to_vec(),
-            value.clone(),
-            ts,
-            None,
-            None,
-        )],
-        None,
-        None,
-        None,
-        None,
-    );
+    let put = put_cells(&row, b"d", &[("body", &value)], Some(ts));
     let outcome = hb
         .put_multiple(&table, vec![put])
         .and_then(|()| hb.get(&table, &row))
@@ -196,19 +182,10 @@ fn hbase_shell_counts_and_gets_rows_written_through_thrift() {
     hb.ensure_table(&table, "d", vec![]).expect("create table");
     let puts = (0..3u8)
         .map(|i| {
-            TPut::new(
-                format!("row{i}").into_bytes(),
-                vec![TColumnValue::new(
-                    b"d".to_vec(),
-                    b"n".to_vec(),
-                    vec![b'a' + i],
-                    None,
-                    None,
-                    None,
-                )],
-                None,
-                None,
-                None,
+            put_cells(
+                format!("row{i}").as_bytes(),
+                b"d",
+                &[("n", &[b'a' + i])],
                 None,
             )
         })

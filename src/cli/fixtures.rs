@@ -62,6 +62,8 @@ pub enum Command {
     },
 }
 
+impl super::Checked for Cli {}
+
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {

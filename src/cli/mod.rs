@@ -44,14 +44,23 @@ pub fn run_fixtures() -> i32 {
     fixtures::main()
 }
 
-/// Parses the command line (a usage error exits 2; `--help` and `--version`
-/// exit 0), sets up logging, and runs `body` to its exit status.
+/// A command line some of whose rules clap's attributes cannot state (a flag
+/// allowed in one mode only): [`execute`] runs `check` right after parsing and
+/// refuses a failure like any other usage error.
+pub(crate) trait Checked: clap::Parser {
+    fn check(&self) -> Result<(), clap::Error> {
+        Ok(())
+    }
+}
+
+/// Parses and checks the command line (a usage error exits 2; `--help` and
+/// `--version` exit 0), sets up logging, and runs `body` to its exit status.
 pub(crate) fn execute<C, F>(log_level: impl Fn(&C) -> String, body: impl FnOnce(C) -> F) -> i32
 where
-    C: clap::Parser,
+    C: Checked,
     F: std::future::Future<Output = crate::Result<i32>>,
 {
-    let cli = match C::try_parse() {
+    let cli = match C::try_parse().and_then(|c| c.check().map(|()| c)) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {

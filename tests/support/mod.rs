@@ -470,19 +470,9 @@ impl Job {
 
     /// Puts cells (qualifier, value) into a row of `source`'s HBase table at `ts`.
     pub fn hbase_put(&self, source: &str, row_key: &[u8], cells: &[(&str, &[u8])], ts: i64) {
-        use falcon_migrate::sink::hbase::thrift2::{TColumnValue, TPut};
-        let cols = cells
-            .iter()
-            .map(|(q, v)| TColumnValue {
-                family: self.config.hbase.column_family.as_bytes().to_vec(),
-                qualifier: q.as_bytes().to_vec(),
-                value: v.to_vec(),
-                timestamp: Some(ts),
-                tags: None,
-                type_: None,
-            })
-            .collect();
-        let put = TPut::new(row_key.to_vec(), cols, Some(ts), None, None, None);
+        use falcon_migrate::sink::hbase::cells::put_cells;
+        let family = self.config.hbase.column_family.as_bytes();
+        let put = put_cells(row_key, family, cells, Some(ts));
         self.hbase()
             .put_multiple(&self.hbase_table(source), vec![put])
             .unwrap();
@@ -490,8 +480,8 @@ impl Job {
 
     /// Deletes a whole row of `source`'s HBase table.
     pub fn hbase_delete_row(&self, source: &str, row_key: &[u8]) {
-        use falcon_migrate::sink::hbase::thrift2::TDelete;
-        let d = TDelete::new(row_key.to_vec(), None, None, None, None, None);
+        use falcon_migrate::sink::hbase::cells::{row_delete, LATEST};
+        let d = row_delete(row_key, LATEST);
         self.hbase()
             .delete_multiple(&self.hbase_table(source), vec![d])
             .unwrap();

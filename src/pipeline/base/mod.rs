@@ -26,7 +26,8 @@ use futures_util::stream::BoxStream;
 use serde::Serialize;
 use sqlx::mysql::{MySqlPool, MySqlRow};
 
-use self::plan::{Chunk, DryRun, PlanTable};
+pub use self::plan::{DryRun, PlanTable};
+use self::plan::Chunk;
 use super::commit::{Committer, HbaseLane, RetryPolicy};
 use super::runlog::{Scope, ShardDone};
 use crate::checkpoint::{JsonlAppender, RunRecord, Shard, StateDir};
