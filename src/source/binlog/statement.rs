@@ -1,0 +1,177 @@
+//! Which mapped table a statement logged in the binlog (a `Query` event)
+//! touches. The reader stops on DDL that changes a mapped table.
+
+use super::TableSchema;
+
+/// The first keyword of a statement, after leading comments and blanks.
+pub(super) fn first_word(sql: &str) -> &str {
+    let mut s = sql.trim_start();
+    while let Some(rest) = s.strip_prefix("/*") {
+        s = rest.split_once("*/").map_or("", |x| x.1).trim_start();
+    }
+    s.split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .next()
+        .unwrap_or("")
+}
+
+/// The mapped table a DDL statement changes, if any: `ALTER TABLE t`, `DROP
+/// TABLE … t …`, `RENAME TABLE … t …`, `TRUNCATE [TABLE] t`, `CREATE OR
+/// REPLACE TABLE t`, or `DROP DATABASE` of the source database itself.
+pub fn ddl_on_mapped(
+    sql: &str,
+    default_db: &str,
+    database: &str,
+    schema: &[TableSchema],
+) -> Option<String> {
+    let head = first_word(sql).to_ascii_uppercase();
+    if !matches!(
+        head.as_str(),
+        "ALTER" | "DROP" | "RENAME" | "TRUNCATE" | "CREATE"
+    ) {
+        return None;
+    }
+    let mut s = sql.trim_start();
+    while let Some(rest) = s.strip_prefix("/*") {
+        s = rest.split_once("*/").map_or("", |x| x.1).trim_start();
+    }
+    let tokens: Vec<String> = s
+        .split(|c: char| c.is_whitespace() || matches!(c, ',' | '(' | ')' | ';'))
+        .filter(|t| !t.is_empty())
+        .map(|t| t.replace('`', ""))
+        .collect();
+    let upper: Vec<String> = tokens.iter().map(|t| t.to_ascii_uppercase()).collect();
+    if matches!(head.as_str(), "DROP")
+        && matches!(
+            upper.get(1).map(String::as_str),
+            Some("DATABASE" | "SCHEMA")
+        )
+    {
+        let db = tokens
+            .iter()
+            .skip(2)
+            .find(|t| !matches!(t.to_ascii_uppercase().as_str(), "IF" | "EXISTS"));
+        return db
+            .filter(|d| d.as_str() == database)
+            .map(|_| "(the whole database)".to_string());
+    }
+    if head == "CREATE"
+        && !(upper.get(1).map(String::as_str) == Some("OR")
+            && upper.get(2).map(String::as_str) == Some("REPLACE"))
+    {
+        return None;
+    }
+    let Some(table_kw) = upper.iter().position(|t| t == "TABLE" || t == "TABLES") else {
+        // TRUNCATE t (without TABLE).
+        if head == "TRUNCATE" {
+            return tokens
+                .get(1)
+                .and_then(|t| resolve(t, default_db, database, schema));
+        }
+        return None;
+    };
+    const SKIP: &[&str] = &[
+        "IF",
+        "EXISTS",
+        "NOT",
+        "ONLINE",
+        "IGNORE",
+        "TO",
+        "NOWAIT",
+        "WAIT",
+        "TEMPORARY",
+    ];
+    let names = tokens
+        .iter()
+        .zip(&upper)
+        .skip(table_kw + 1)
+        .filter(|(_, u)| !SKIP.contains(&u.as_str()) && !u.chars().all(|c| c.is_ascii_digit()));
+    // ALTER names one table; its other words are column definitions.
+    let take = if head == "ALTER" || head == "CREATE" {
+        1
+    } else {
+        usize::MAX
+    };
+    names
+        .take(take)
+        .find_map(|(t, _)| resolve(t, default_db, database, schema))
+}
+
+fn resolve(
+    token: &str,
+    default_db: &str,
+    database: &str,
+    schema: &[TableSchema],
+) -> Option<String> {
+    let (db, table) = match token.split_once('.') {
+        Some((d, t)) => (d, t),
+        None => (default_db, token),
+    };
+    (db == database)
+        .then(|| schema.iter().find(|s| s.mapping.source == table))
+        .flatten()
+        .map(|s| s.mapping.source.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{EntityKind, TableMapping};
+
+    fn schema() -> Vec<TableSchema> {
+        ["message", "room"]
+            .iter()
+            .map(|t| TableSchema {
+                mapping: TableMapping {
+                    source: t.to_string(),
+                    kind: EntityKind::Message,
+                    topic: "x".into(),
+                    hbase_table: "x".into(),
+                },
+                columns: Vec::new(),
+                spec_index: Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ddl_on_a_mapped_table_of_the_source_database_is_found() {
+        let s = schema();
+        let hit = |sql: &str, db: &str| ddl_on_mapped(sql, db, "chat", &s);
+        assert_eq!(
+            hit("ALTER TABLE message ADD COLUMN x INT", "chat").as_deref(),
+            Some("message")
+        );
+        assert_eq!(
+            hit("alter table `chat`.`room` drop column name", "other").as_deref(),
+            Some("room")
+        );
+        assert_eq!(
+            hit("ALTER TABLE account ADD COLUMN message INT", "chat"),
+            None
+        );
+        assert_eq!(hit("ALTER TABLE message ADD COLUMN x INT", "other"), None);
+        assert_eq!(
+            hit(
+                "DROP TABLE IF EXISTS `a`, `message` /* generated by server */",
+                "chat"
+            )
+            .as_deref(),
+            Some("message")
+        );
+        assert_eq!(
+            hit("RENAME TABLE message TO message_old", "chat").as_deref(),
+            Some("message")
+        );
+        assert_eq!(hit("TRUNCATE message", "chat").as_deref(), Some("message"));
+        assert_eq!(hit("TRUNCATE TABLE room", "chat").as_deref(), Some("room"));
+        assert!(hit("DROP DATABASE chat", "x").is_some());
+        assert_eq!(hit("DROP DATABASE chat2", "x"), None);
+        assert_eq!(hit("CREATE TABLE message (id INT)", "chat"), None);
+        assert_eq!(
+            hit("CREATE OR REPLACE TABLE message (id INT)", "chat").as_deref(),
+            Some("message")
+        );
+        assert_eq!(hit("INSERT INTO message VALUES (1)", "chat"), None);
+        assert_eq!(first_word("/* x */ BEGIN"), "BEGIN");
+    }
+}
