@@ -11,11 +11,17 @@
 //! are reported as [`Item::Advanced`].
 //!
 //! Mapped data is never skipped: a table-map event whose columns no longer
-//! match the snapshot, or a DDL statement naming a mapped table, stops the
-//! reader with an error naming the table and the position.
+//! match the snapshot, a DDL statement naming a mapped table, a data change of
+//! a mapped table logged as a statement (a session with binlog_format
+//! STATEMENT, a MIXED server), or an event the reader cannot decode that may
+//! carry changes (compressed events, MySQL transaction payloads, incidents)
+//! stops the reader with an error (exit status 4) naming the position and the
+//! fix. The reader returns at once, sending nothing after it: the applier
+//! applies only the transactions before it, and the checkpoint stays there.
 //!
 //! - `schema`: the `information_schema` snapshot, table-map checks, type matching;
-//! - `statement`: which mapped table a logged DDL statement changes;
+//! - `statement` (with `lexer`): which mapped table a logged statement (DDL
+//!   or data change) writes;
 //! - `reader`: the stream → whole source transactions;
 //! - `values`: binlog value → `SrcVal`.
 
@@ -29,6 +35,7 @@ use crate::error::{Error, Result};
 use crate::mapping::SrcVal;
 use crate::position::Position;
 
+mod lexer;
 mod reader;
 mod schema;
 mod statement;

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use mysql_async::binlog::events::{EventData, RowsEventData, TableMapEvent};
 use tokio::sync::mpsc;
 
-use super::statement::{ddl_on_mapped, first_word};
+use super::statement::{ddl_on_mapped, dml_on_mapped, first_word};
 use super::{src_val, Item, Op, RowChange, SourceTx, TableSchema};
 use crate::error::{Error, Result};
 use crate::mapping::{self, SrcVal};
@@ -119,6 +119,11 @@ impl Reader {
                                 ),
                             });
                         }
+                        if let Some(t) =
+                            dml_on_mapped(&sql, &default_db, &self.database, &self.schema)
+                        {
+                            return Err(self.statement_change(&here, &t, &sql));
+                        }
                         // A statement of its own (DDL): it ends its unit.
                         if pending.as_ref().is_none_or(|p| p.changes.is_empty()) {
                             boundary = true;
@@ -145,7 +150,10 @@ impl Reader {
                     }
                 }
                 Some(EventData::XidEvent(_)) => boundary = true,
-                _ => {
+                other => {
+                    if let Some(e) = self.unreadable(other.as_ref(), h.event_type_raw(), &here) {
+                        return Err(e);
+                    }
                     if pending.is_none() && end > 0 {
                         safe = pos(&file, end);
                         advanced_unsent = true;
@@ -184,6 +192,48 @@ impl Reader {
         }
     }
 
+    /// The error for a data change of mapped table `t` logged as statement `sql`.
+    fn statement_change(&self, here: &str, t: &str, sql: &str) -> Error {
+        Error::Binlog {
+            context: format!("at {here}"),
+            message: format!(
+                "data change on mapped table {}.{t} logged as a statement, not as row events \
+                 (binlog_format STATEMENT or MIXED in that session): {:?}. Diff cannot see which rows it changed \
+                 and stopped before it; the checkpoint is at the last applied transaction. Fix: make every session \
+                 log ROW (SET GLOBAL binlog_format = 'ROW' and binlog_format = ROW in my.cnf; no SET SESSION \
+                 binlog_format), then either replay the change so that it is logged as rows and run diff \
+                 --from a position after {here}, or rerun base for table {t}",
+                self.database,
+                truncate(sql, 200)
+            ),
+        }
+    }
+
+    /// An event other than a query, table-map, rows or XID event that may
+    /// hide changes of mapped tables: `data` is None when mysql_async does not
+    /// know the event type `code`.
+    fn unreadable(&self, data: Option<&EventData<'_>>, code: u8, here: &str) -> Option<Error> {
+        let (name, fix) = match data {
+            // LOAD DATA logged as a statement: its rows are in the file blocks
+            // before it, not in row events.
+            Some(EventData::ExecuteLoadQueryEvent(q)) => {
+                let sql = q.query();
+                return dml_on_mapped(&sql, &q.schema(), &self.database, &self.schema)
+                    .map(|t| self.statement_change(here, &t, &sql));
+            }
+            Some(d) => undecodable_known(d)?,
+            None => undecodable_code(code)?,
+        };
+        Some(Error::Binlog {
+            context: format!("at {here}"),
+            message: format!(
+                "{name} (event type {code}): the reader cannot decode it and it may carry changes of mapped \
+                 tables of {}; diff stopped before it (the checkpoint is at the last applied transaction). Fix: {fix}",
+                self.database
+            ),
+        })
+    }
+
     fn reached(&self, p: &Position) -> bool {
         self.stop_at.as_ref().is_some_and(|t| p >= t)
     }
@@ -213,7 +263,9 @@ impl Reader {
             RowsEventData::DeleteRowsEventV1(_) | RowsEventData::DeleteRowsEvent(_) => Op::Delete,
             RowsEventData::PartialUpdateRowsEvent(_) => return Err(binlog_err(
                 here,
-                "partial JSON update events are not supported (set binlog_row_value_options='')",
+                "PARTIAL_UPDATE_ROWS_EVENT (partial JSON update) on a mapped table: the reader cannot decode it; \
+                 diff stopped before it. Fix: SET GLOBAL binlog_row_value_options = '' (and in my.cnf), then rerun \
+                 base for this table or diff from a position after the change",
             )),
         };
         let s = &self.schema[ti];
@@ -255,6 +307,66 @@ impl Reader {
     }
 }
 
+/// Known events the reader does not decode that may carry changes: the
+/// event's name and the fix.
+fn undecodable_known(d: &EventData<'_>) -> Option<(&'static str, &'static str)> {
+    Some(match d {
+        EventData::TransactionPayloadEvent(_) => (
+            "TRANSACTION_PAYLOAD_EVENT (MySQL binlog transaction compression)",
+            COMPRESSION_FIX_MYSQL,
+        ),
+        EventData::IncidentEvent(_) => (
+            "INCIDENT_EVENT (the server lost or could not log changes)",
+            "the binlog is incomplete at this point: rerun base, then diff from its new start position",
+        ),
+        EventData::LoadEvent(_)
+        | EventData::NewLoadEvent(_)
+        | EventData::CreateFileEvent(_)
+        | EventData::ExecLoadEvent(_) => (
+            "a pre-5.0 LOAD DATA event",
+            "rerun base for the tables the LOAD DATA wrote",
+        ),
+        EventData::PreGaWriteRowsEvent(_)
+        | EventData::PreGaUpdateRowsEvent(_)
+        | EventData::PreGaDeleteRowsEvent(_) => (
+            "a pre-GA (MySQL 5.1.0–5.1.15) rows event",
+            "rerun base from a server that logs current row events",
+        ),
+        _ => return None,
+    })
+}
+
+const COMPRESSION_FIX_MYSQL: &str = "SET GLOBAL binlog_transaction_compression = OFF (and \
+     binlog_transaction_compression = OFF in my.cnf), then rerun base for the mapped tables (or diff from a \
+     position after the compressed transactions once their changes are replayed uncompressed)";
+const COMPRESSION_FIX_MARIADB: &str = "SET GLOBAL log_bin_compress = OFF (and log_bin_compress = OFF in \
+     my.cnf), then rerun base for the mapped tables (or diff from a position after the compressed events once \
+     their changes are replayed uncompressed)";
+
+/// Event types mysql_async does not know: None for those that carry no
+/// changes, else the event's name and the fix. A type not listed here stops
+/// the reader too: what it cannot read, it does not skip.
+fn undecodable_code(code: u8) -> Option<(&'static str, &'static str)> {
+    Some(match code {
+        // MySQL: HEARTBEAT_LOG_EVENT_V2, GTID_TAGGED_LOG_EVENT.
+        41 | 42 => return None,
+        // MariaDB: ANNOTATE_ROWS, BINLOG_CHECKPOINT, GTID, GTID_LIST, START_ENCRYPTION.
+        160..=164 => return None,
+        165 => ("QUERY_COMPRESSED_EVENT (MariaDB log_bin_compress)", COMPRESSION_FIX_MARIADB),
+        166 => ("WRITE_ROWS_COMPRESSED_EVENT_V1 (MariaDB log_bin_compress)", COMPRESSION_FIX_MARIADB),
+        167 => ("UPDATE_ROWS_COMPRESSED_EVENT_V1 (MariaDB log_bin_compress)", COMPRESSION_FIX_MARIADB),
+        168 => ("DELETE_ROWS_COMPRESSED_EVENT_V1 (MariaDB log_bin_compress)", COMPRESSION_FIX_MARIADB),
+        169 => ("WRITE_ROWS_COMPRESSED_EVENT (MariaDB log_bin_compress)", COMPRESSION_FIX_MARIADB),
+        170 => ("UPDATE_ROWS_COMPRESSED_EVENT (MariaDB log_bin_compress)", COMPRESSION_FIX_MARIADB),
+        171 => ("DELETE_ROWS_COMPRESSED_EVENT (MariaDB log_bin_compress)", COMPRESSION_FIX_MARIADB),
+        _ => (
+            "an event type this reader does not know",
+            "check the source's binlog settings against the README (ROW format, FULL row image, no compression), \
+             then rerun base or diff from a position after this event",
+        ),
+    })
+}
+
 fn closed() -> Error {
     Error::Other("diff: the applier stopped".into())
 }
@@ -271,5 +383,24 @@ fn truncate(s: &str, n: usize) -> String {
     match s.char_indices().nth(n) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressed_and_unknown_events_stop_the_reader_headers_and_gtids_do_not() {
+        for code in [41, 42, 160, 161, 162, 163, 164] {
+            assert_eq!(undecodable_code(code), None, "type {code}");
+        }
+        for code in 165..=171 {
+            let (name, fix) = undecodable_code(code).unwrap();
+            assert!(name.contains("COMPRESSED"), "{name}");
+            assert!(fix.contains("log_bin_compress = OFF"), "{fix}");
+        }
+        assert!(undecodable_code(172).is_some());
+        assert!(undecodable_code(200).is_some());
     }
 }
