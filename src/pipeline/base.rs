@@ -189,6 +189,7 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
     let mappings = cfg.select_tables(opts.tables.as_deref())?;
     let pool = crate::source::mysql::connect(&cfg, opts.workers as u32 + 2).await?;
     let database = cfg.database().unwrap_or_default();
+    crate::source::preflight::require(&pool, &cfg, true).await?;
     let mut tables = Vec::new();
     for m in mappings {
         tables.push(inspect_table(&pool, &database, m).await?);

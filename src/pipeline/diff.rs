@@ -189,6 +189,7 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
         )
     })?;
     let pool = crate::source::mysql::connect(&cfg, 4).await?;
+    crate::source::preflight::require(&pool, &cfg, true).await?;
     let schema = Arc::new(binlog::snapshot_schema(&pool, &database, &cfg.tables).await?);
 
     // Health checks and target set-up, as base does.
