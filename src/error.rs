@@ -206,6 +206,10 @@ pub enum Error {
 
     #[error("{0}")]
     Other(String),
+
+    /// Source settings that would make a phase skip changes (see `source::preflight`).
+    #[error("the source server is not set up for this run (fix each, then run again):{findings}")]
+    Preflight { findings: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -290,7 +294,10 @@ impl Error {
     /// The process exit status this error maps to.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config { .. } | Error::Usage(_) | Error::Unreachable { .. } => exit::USAGE,
+            Error::Config { .. }
+            | Error::Usage(_)
+            | Error::Unreachable { .. }
+            | Error::Preflight { .. } => exit::USAGE,
             Error::Interrupted => exit::INTERRUPTED,
             _ => exit::FAILURE,
         }

@@ -2,3 +2,4 @@
 
 pub mod binlog;
 pub mod mysql;
+pub mod preflight;

@@ -27,6 +27,7 @@ pub(super) async fn dispatch(cmd: Command) -> Result<i32> {
 
 async fn check(args: &CommonArgs) -> Result<i32> {
     let cfg = Config::load(&args.config)?;
+    crate::source::preflight::check(&cfg).await?;
     let pos = crate::source::mysql::check(&cfg).await?;
     let kafka = cfg.kafka.clone();
     let brokers = tokio::task::spawn_blocking(move || crate::sink::kafka::check(&kafka))

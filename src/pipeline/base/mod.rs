@@ -26,8 +26,8 @@ use futures_util::stream::BoxStream;
 use serde::Serialize;
 use sqlx::mysql::{MySqlPool, MySqlRow};
 
-pub use self::plan::{DryRun, PlanTable};
 use self::plan::Chunk;
+pub use self::plan::{DryRun, PlanTable};
 use super::commit::{Committer, HbaseLane, RetryPolicy};
 use super::runlog::{Scope, ShardDone};
 use crate::checkpoint::{JsonlAppender, RunRecord, Shard, StateDir};
@@ -243,6 +243,8 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
     let mappings = cfg.select_tables(opts.tables.as_deref())?;
     let pool = crate::source::mysql::connect(&cfg, opts.workers as u32 + 2).await?;
     let database = cfg.database().unwrap_or_default();
+    // Stop rather than skip: diff will replay this server's binlog from the start.
+    crate::source::preflight::require(&pool, &cfg, true).await?;
     let mut tables = Vec::new();
     for m in mappings {
         tables.push(TableRun::new(

@@ -131,6 +131,7 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
         )
     })?;
     let pool = crate::source::mysql::connect(&cfg, 4).await?;
+    crate::source::preflight::require(&pool, &cfg, true).await?;
     let schema = Arc::new(binlog::snapshot_schema(&pool, &database, &cfg.tables).await?);
     let prepared = crate::sink::prepare(&cfg, &cfg.tables, true, true).await?;
     let state = StateDir::new(&opts.state_dir);

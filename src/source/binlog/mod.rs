@@ -1,0 +1,173 @@
+//! The binlog reader of `diff`.
+//!
+//! The flow: [`snapshot_schema`] reads the columns of every mapped table from
+//! `information_schema` at start; [`check_available`] makes sure the start
+//! position was not purged; [`open_stream`] opens a dump connection there
+//! (mysql_async's binlog client); a [`Reader`] then streams the events, keeps
+//! the row events of the mapped tables of the config's database, decodes their
+//! images into [`SrcVal`](crate::mapping::SrcVal)s ([`src_val`]) and hands
+//! them on as whole source transactions ([`Item::Tx`]), each with the position
+//! just after it (where a restart may resume). Stretches without mapped changes
+//! are reported as [`Item::Advanced`].
+//!
+//! Mapped data is never skipped: a table-map event whose columns no longer
+//! match the snapshot, a DDL statement naming a mapped table, a data change of
+//! a mapped table logged as a statement (a session with binlog_format
+//! STATEMENT, a MIXED server), or an event the reader cannot decode that may
+//! carry changes (compressed events, MySQL transaction payloads, incidents)
+//! stops the reader with an error (exit status 4) naming the position and the
+//! fix. The reader returns at once, sending nothing after it: the applier
+//! applies only the transactions before it, and the checkpoint stays there.
+//!
+//! - `schema`: the `information_schema` snapshot, table-map checks, type matching;
+//! - `statement` (with `lexer`): which mapped table a logged statement (DDL
+//!   or data change) writes;
+//! - `reader`: the stream → whole source transactions;
+//! - `values`: binlog value → `SrcVal`.
+
+use std::time::Instant;
+
+use mysql_async::BinlogStreamRequest;
+use sqlx::mysql::MySqlPool;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::mapping::SrcVal;
+use crate::position::Position;
+
+mod lexer;
+mod reader;
+mod schema;
+mod statement;
+mod values;
+
+pub use reader::Reader;
+pub use schema::{snapshot_schema, SourceColumn, TableSchema};
+pub use statement::ddl_on_mapped;
+pub use values::src_val;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+}
+
+/// One row change of a mapped table, values in `mapping::spec` column order.
+#[derive(Debug, Clone)]
+pub struct RowChange {
+    /// Index into the schema list.
+    pub table: usize,
+    pub op: Op,
+    pub before: Option<Vec<SrcVal>>,
+    pub after: Option<Vec<SrcVal>>,
+    /// `file:offset` of the rows event.
+    pub position: String,
+    /// Source time of the event, in seconds.
+    pub ts_s: u32,
+}
+
+/// A whole source transaction with at least one mapped change.
+#[derive(Debug)]
+pub struct SourceTx {
+    pub changes: Vec<RowChange>,
+    /// Position just after the transaction.
+    pub end: Position,
+    pub ts_s: u32,
+    /// When its last event arrived from the server.
+    pub received: Instant,
+}
+
+/// What the reader hands on, in binlog order.
+#[derive(Debug)]
+pub enum Item {
+    Tx(SourceTx),
+    /// The binlog moved past transactions that touch no mapped table.
+    Advanced(Position),
+}
+
+/// Checks that `start` still exists on the server (its file was not purged).
+pub async fn check_available(pool: &MySqlPool, start: &Position) -> Result<()> {
+    let Position::Binlog { file, offset, .. } = start else {
+        return Err(not_binlog(start));
+    };
+    let logs: Vec<(String, u64)> = sqlx::query("SHOW BINARY LOGS")
+        .fetch_all(pool)
+        .await
+        .map_err(|e| Error::mysql("SHOW BINARY LOGS", e))?
+        .iter()
+        .map(|r| {
+            use sqlx::Row;
+            (
+                r.try_get::<String, _>(0).unwrap_or_default(),
+                r.try_get::<u64, _>(1).unwrap_or(0),
+            )
+        })
+        .collect();
+    match logs.iter().find(|(f, _)| f == file) {
+        Some((_, size)) if offset <= size => Ok(()),
+        Some((_, size)) => Err(Error::Binlog {
+            context: format!("start position {start}"),
+            message: format!("{file} is only {size} bytes long: not a position of this server"),
+        }),
+        None => Err(Error::Binlog {
+            context: format!("start position {start}"),
+            message: format!(
+                "binlog file {file} no longer exists on the server (it has {}): the changes since that position cannot be replayed; run base again",
+                match (logs.first(), logs.last()) {
+                    (Some(a), Some(b)) => format!("{} .. {}", a.0, b.0),
+                    _ => "no binlog files".into(),
+                }
+            ),
+        }),
+    }
+}
+
+/// Opens a binlog dump connection at `start`.
+pub async fn open_stream(
+    cfg: &Config,
+    server_id: u32,
+    start: &Position,
+) -> Result<mysql_async::BinlogStream> {
+    let Position::Binlog { file, offset, .. } = start else {
+        return Err(not_binlog(start));
+    };
+    let opts = mysql_async::Opts::from_url(&cfg.source.url)
+        .map_err(|e| Error::config(cfg.path.display().to_string(), format!("source.url: {e}")))?;
+    let mut b = mysql_async::OptsBuilder::from_opts(opts);
+    if let Some(p) = cfg.source_password() {
+        b = b.pass(Some(p));
+    }
+    let conn = mysql_async::Conn::new(b)
+        .await
+        .map_err(|e| Error::Unreachable {
+            what: "MySQL (binlog)",
+            target: cfg.source_endpoint(),
+            message: e.to_string(),
+        })?;
+    conn.get_binlog_stream(
+        BinlogStreamRequest::new(server_id)
+            .with_filename(file.as_bytes())
+            .with_pos(*offset),
+    )
+    .await
+    .map_err(|e| Error::Binlog {
+        context: format!("open the binlog at {start}"),
+        message: e.to_string(),
+    })
+}
+
+/// A server id for the dump connection derived from the run id: stable across
+/// restarts of one run (the server drops the older connection with the same
+/// id), distinct between runs, clear of real replicas' small ids.
+pub fn server_id(run_id: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in run_id.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    1000 + h % 1_000_000_000
+}
+
+pub(crate) fn not_binlog(p: &Position) -> Error {
+    Error::Usage(format!("{p} is not a binlog position (FILE:OFFSET)"))
+}
