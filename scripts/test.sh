@@ -101,11 +101,11 @@ step() { # step NAME CMD...
 
 step "scripts/thrift-gen.sh --check" bash scripts/thrift-gen.sh --check
 step "cargo fmt --check" cargo fmt --all -- --check
-step "cargo clippy --release --all-targets -- -D warnings" \
-  cargo clippy --release --all-targets -- -D warnings
+step "cargo clippy --release --all-targets --features failpoints -- -D warnings" \
+  cargo clippy --release --all-targets --features failpoints -- -D warnings
 # One test at a time: the servers share two cores with the tests, and a
 # parallel pair of heavy tests can starve HBase into timeouts.
-step "cargo test --release" cargo test --release --no-fail-fast "$@" -- --test-threads=1
+step "cargo test --release --features failpoints" cargo test --release --features failpoints --no-fail-fast "$@" -- --test-threads=1
 
 if ((${#FAILED[@]})); then
   log "FAILED after $(since "$T0"): ${FAILED[*]}"

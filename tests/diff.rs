@@ -9,50 +9,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use support::{values_of, Job};
-
-/// HBase (values) and Kafka (each key's latest committed event) hold exactly
-/// what the mapping makes of the source as it is now.
-async fn assert_converged(job: &Job) {
-    let expected = values_of(&job.expected_hbase().await);
-    let actual = values_of(&job.hbase_snapshot().await);
-    let missing: Vec<&String> = expected
-        .keys()
-        .filter(|k| !actual.contains_key(*k))
-        .collect();
-    let extra: Vec<&String> = actual
-        .keys()
-        .filter(|k| !expected.contains_key(*k))
-        .collect();
-    let differ: Vec<&String> = expected
-        .iter()
-        .filter(|(k, v)| actual.get(*k).is_some_and(|a| a != *v))
-        .map(|(k, _)| k)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty() && differ.is_empty(),
-        "HBase differs from the source: {} missing {:?}, {} extra {:?}, {} differ {:?}",
-        missing.len(),
-        missing.iter().take(5).collect::<Vec<_>>(),
-        extra.len(),
-        extra.iter().take(5).collect::<Vec<_>>(),
-        differ.len(),
-        differ.iter().take(5).collect::<Vec<_>>()
-    );
-    for t in ["account", "room", "room_member", "message"] {
-        let want = job.expected_rows(t).await;
-        let got = job.kafka_rows(t);
-        for (k, row) in &want {
-            assert_eq!(got.get(k), Some(&Some(row.clone())), "Kafka {t} key {k}");
-        }
-        // Every other key's latest event is a removal.
-        for (k, v) in &got {
-            if !want.contains_key(k) {
-                assert!(v.is_none(), "Kafka {t} key {k} still live: {v:?}");
-            }
-        }
-    }
-}
+use support::{assert_converged, Job};
 
 fn diff_events(job: &Job, table: &str) -> Vec<serde_json::Value> {
     job.kafka_all(table)

@@ -523,12 +523,22 @@ pub fn values_of(m: &BTreeMap<String, BTreeMap<String, (Vec<u8>, i64)>>) -> Valu
 impl Job {
     /// The real binary running subcommand `sub` on this job, with `--json`.
     pub fn migrate_command(&self, sub: &str, args: &[&str]) -> Command {
+        self.migrate_command_in(sub, &self.state_dir, args)
+    }
+
+    /// The same with another state dir: another machine of the same job.
+    pub fn migrate_command_in(
+        &self,
+        sub: &str,
+        state_dir: &std::path::Path,
+        args: &[&str],
+    ) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_falcon-migrate"));
         c.arg(sub)
             .arg("-c")
             .arg(&self.config_path)
             .arg("--state-dir")
-            .arg(&self.state_dir)
+            .arg(state_dir)
             .arg("--json")
             .args(args)
             .env("FALCON_MYSQL_PASSWORD", "falcon")
@@ -539,6 +549,16 @@ impl Job {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         c
+    }
+
+    /// Points this job's config at `other`'s progress topic (two jobs, one topic).
+    pub fn share_progress_topic_of(&self, other: &Job) {
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        let text = text.replace(
+            &format!("progress_topic = \"{}\"", self.config.kafka.progress_topic),
+            &format!("progress_topic = \"{}\"", other.config.kafka.progress_topic),
+        );
+        std::fs::write(&self.config_path, text).unwrap();
     }
 
     pub fn diff(&self, args: &[&str]) -> Outcome {
@@ -660,5 +680,48 @@ impl Job {
                 (k, data)
             })
             .collect()
+    }
+}
+
+/// HBase (values) and Kafka (each key's latest committed event) hold exactly
+/// what the mapping makes of the source as it is now.
+pub async fn assert_converged(job: &Job) {
+    let expected = values_of(&job.expected_hbase().await);
+    let actual = values_of(&job.hbase_snapshot().await);
+    let missing: Vec<&String> = expected
+        .keys()
+        .filter(|k| !actual.contains_key(*k))
+        .collect();
+    let extra: Vec<&String> = actual
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .collect();
+    let differ: Vec<&String> = expected
+        .iter()
+        .filter(|(k, v)| actual.get(*k).is_some_and(|a| a != *v))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && differ.is_empty(),
+        "HBase differs from the source: {} missing {:?}, {} extra {:?}, {} differ {:?}",
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>(),
+        extra.len(),
+        extra.iter().take(5).collect::<Vec<_>>(),
+        differ.len(),
+        differ.iter().take(5).collect::<Vec<_>>()
+    );
+    for t in ["account", "room", "room_member", "message"] {
+        let want = job.expected_rows(t).await;
+        let got = job.kafka_rows(t);
+        for (k, row) in &want {
+            assert_eq!(got.get(k), Some(&Some(row.clone())), "Kafka {t} key {k}");
+        }
+        // Every other key's latest event is a removal.
+        for (k, v) in &got {
+            if !want.contains_key(k) {
+                assert!(v.is_none(), "Kafka {t} key {k} still live: {v:?}");
+            }
+        }
     }
 }

@@ -182,6 +182,30 @@ impl TableRun {
         }
     }
 
+    /// How many key values the first `n` rows span (None: fewer rows).
+    async fn first_span(&self, pool: &MySqlPool, n: u64) -> Result<Option<u64>> {
+        let (t, k) = (&self.mapping.source, self.spec.leading_key());
+        let (Some(min), Some(_)) = (self.min_key, self.max_key) else {
+            return Ok(None);
+        };
+        let nth: Option<u64> = sqlx::query_scalar(&format!(
+            "SELECT `{k}` FROM `{t}` ORDER BY `{k}` LIMIT 1 OFFSET ?"
+        ))
+        .bind(n.saturating_sub(1))
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| Error::mysql(format!("sample the keys of {t}"), e))?;
+        Ok(nth.map(|x| x.saturating_sub(min) + 1))
+    }
+
+    /// This table's chunk width for a new plan.
+    async fn planned_width(&self, pool: &MySqlPool, chunk_rows: u64) -> Result<u64> {
+        Ok(plan::width(
+            chunk_rows,
+            self.first_span(pool, chunk_rows).await?,
+        ))
+    }
+
     /// The primary-key values of a row read by `read_batch`.
     fn key_of_row(&self, row: &MySqlRow) -> Result<Vec<SrcVal>> {
         let vals = self
@@ -499,17 +523,15 @@ async fn dry_run(
 ) -> Result<BaseOutcome> {
     let record = run_dir.load_record()?;
     for t in tables.iter_mut() {
-        t.width = record
+        let recorded = record
             .as_ref()
             .and_then(|r| r.widths.iter().find(|w| w.table == t.mapping.source))
-            .map(|w| w.width)
-            .unwrap_or_else(|| {
-                if opts.targets.kafka {
-                    plan::width(opts.chunk_rows, t.min_key, t.max_key, t.estimated_rows)
-                } else {
-                    opts.chunk_rows
-                }
-            });
+            .map(|w| w.width);
+        t.width = match recorded {
+            Some(w) => w,
+            None if opts.targets.kafka => t.planned_width(pool, opts.chunk_rows).await?,
+            None => opts.chunk_rows,
+        };
     }
     let done = run_dir.load_done()?;
     let mut nonempty = Vec::new();

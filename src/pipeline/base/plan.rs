@@ -74,20 +74,18 @@ impl Plan {
     }
 }
 
-/// The width that gives about `chunk_rows` rows a chunk: the key range over
-/// the estimated row count, never below `chunk_rows` (a dense table keeps
-/// `W = chunk_rows`), rounded up to a power of two times `chunk_rows` so that
-/// small changes in the estimate do not change the plan.
-pub fn width(chunk_rows: u64, min: Option<u64>, max: Option<u64>, estimated_rows: u64) -> u64 {
-    let (Some(min), Some(max)) = (min, max) else {
-        return chunk_rows;
-    };
-    let span = max - min + 1;
-    let rows = estimated_rows.max(1);
-    let mut w = chunk_rows;
-    // Spread over fewer rows than values: widen, at most to the whole span.
-    while w < span && (span / w) > rows.div_ceil(chunk_rows).saturating_mul(2) {
-        w = w.saturating_mul(2);
+/// The width that gives about `chunk_rows` rows a chunk, from `first_span`:
+/// how many key values the table's first `chunk_rows` rows span (None for a
+/// table with fewer rows). A dense table keeps `W = chunk_rows`; a sparse one
+/// gets the smallest power-of-two multiple of `chunk_rows` covering the span.
+/// Sampled at the start of the key range, so a few outliers far away (which
+/// the planner's seek skips) do not widen every chunk.
+pub fn width(chunk_rows: u64, first_span: Option<u64>) -> u64 {
+    let mut w = chunk_rows.max(1);
+    if let Some(span) = first_span {
+        while w < span && w < u64::MAX / 2 {
+            w *= 2;
+        }
     }
     w
 }
@@ -200,23 +198,20 @@ mod tests {
 
     #[test]
     fn dense_tables_keep_the_chunk_rows_width() {
-        assert_eq!(width(20_000, Some(1), Some(50_000), 50_000), 20_000);
-        assert_eq!(width(1000, Some(1), Some(40_000), 38_000), 1000);
-        // Estimates are rough: a 30% error does not change the plan.
-        assert_eq!(width(1000, Some(1), Some(40_000), 28_000), 1000);
-        assert_eq!(width(1000, None, None, 0), 1000);
+        assert_eq!(width(20_000, Some(20_000)), 20_000);
+        assert_eq!(width(1000, Some(1040)), 2000);
+        assert_eq!(width(1000, Some(700)), 1000);
+        assert_eq!(width(1000, None), 1000);
     }
 
     #[test]
     fn sparse_tables_get_wider_chunks_of_about_chunk_rows_rows() {
-        // 10,000 rows spread over 10 million values.
-        let w = width(1000, Some(1), Some(10_000_000), 10_000);
-        let rows_per_chunk = 10_000.0 * w as f64 / 10_000_000.0;
-        assert!((500.0..=4000.0).contains(&rows_per_chunk), "w {w}");
-        // One outlier in a dense table: the estimate says dense-ish rows over
-        // a huge span; the width grows, the seek skips the gap either way.
-        let w = width(20_000, Some(1), Some(4_294_967_295), 50_001);
-        assert!((20_000..=4_294_967_296).contains(&w), "{w}");
+        // The first 1,000 rows span a million key values.
+        let w = width(1000, Some(1_000_000));
+        assert!((1_000_000..2_000_000).contains(&w), "w {w}");
+        assert_eq!(w % 1000, 0);
+        // A span near the top of the key space does not overflow.
+        assert!(width(1000, Some(u64::MAX)) >= u64::MAX / 2);
     }
 
     #[test]

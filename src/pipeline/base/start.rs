@@ -20,7 +20,7 @@ use rdkafka::util::Timeout;
 use serde::Serialize;
 use sqlx::mysql::MySqlPool;
 
-use super::plan::{self, Plan, TableWidth};
+use super::plan::{Plan, TableWidth};
 use super::{now_ms, BaseOptions, TableRun};
 use crate::checkpoint::{ChunkDone, RunDir, RunRecord, Shard};
 use crate::config::{Config, TableMapping};
@@ -156,7 +156,7 @@ pub(super) async fn begin(
                 )));
             }
             let plan = if opts.targets.kafka {
-                agree_on_plan(cfg, opts, scope, tables, &mut log).await?
+                agree_on_plan(cfg, opts, pool, scope, tables, &mut log).await?
             } else {
                 // No shared record: every shard derives the same plan.
                 Plan {
@@ -297,22 +297,24 @@ fn check_plan(plan: &Plan, opts: &BaseOptions, names: &[String]) -> Result<()> {
 async fn agree_on_plan(
     cfg: &Config,
     opts: &BaseOptions,
+    pool: &MySqlPool,
     scope: &Scope,
     tables: &[TableRun],
     log: &mut RunLog,
 ) -> Result<Plan> {
     let names: Vec<String> = tables.iter().map(|t| t.mapping.source.clone()).collect();
     if log.plan.is_none() {
+        let mut widths = Vec::new();
+        for t in tables {
+            widths.push(TableWidth {
+                table: t.mapping.source.clone(),
+                width: t.planned_width(pool, opts.chunk_rows).await?,
+            });
+        }
         let mine = Plan {
             chunk_rows: opts.chunk_rows,
             shards: opts.shard.count,
-            tables: tables
-                .iter()
-                .map(|t| TableWidth {
-                    table: t.mapping.source.clone(),
-                    width: plan::width(opts.chunk_rows, t.min_key, t.max_key, t.estimated_rows),
-                })
-                .collect(),
+            tables: widths,
         };
         let rec = PlanRecord {
             run: opts.run_id.clone(),

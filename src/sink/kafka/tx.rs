@@ -71,9 +71,14 @@ pub fn read_progress(
         .create()
         .map_err(|e| Error::kafka("progress reader", e))?;
     let topic = &cfg.progress_topic;
-    let (_, high) = consumer
+    let (low, high) = consumer
         .fetch_watermarks(topic, 0, Duration::from_secs(10))
         .map_err(|e| Error::kafka(format!("watermarks of {topic}"), e))?;
+    if high <= low {
+        // Empty (or compacted/deleted to nothing): the position would stay
+        // invalid until a record arrives.
+        return Ok(Vec::new());
+    }
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Beginning)
         .map_err(|e| Error::kafka("assign", e))?;
