@@ -112,6 +112,64 @@ async fn a_state_dir_lost_after_base_copies_nothing_twice() {
     // The diff after it finds the start in Kafka, without the lost state.
     let d = job.diff(&["--until-now"]);
     assert_eq!(d.code, 0, "{}", d.stderr);
+
+    // A position where no event starts is refused, not read from.
+    let to = &d.json()["to"];
+    let bad = format!(
+        "{}:{}",
+        to["file"].as_str().unwrap(),
+        to["offset"].as_u64().unwrap() - 3
+    );
+    let d = job.diff(&["--until-now", "--from", &bad]);
+    assert_eq!(d.code, 4, "{}", d.stderr);
+    assert!(d.stderr.contains("no binlog event starts"), "{}", d.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_of_the_same_shard_fences_the_first_which_stops() {
+    let job = Job::new("fence", 20_000, false).await;
+    let counts = job.source_counts().await;
+    let first = job
+        .base_command(&[
+            "--workers",
+            "2",
+            "--chunk-rows",
+            "1000",
+            "--max-rows-per-sec",
+            "3000",
+        ])
+        .spawn()
+        .unwrap();
+    let done = job.state_dir.join("base/base/shard-0-of-1.done.jsonl");
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&done).map_or(0, |s| s.lines().count()) < 3 {
+        assert!(
+            t0.elapsed().as_secs() < 60,
+            "the first process made no progress"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The same run and shard on another machine (its own state dir).
+    let other = job.dir.join("machine-2");
+    let second = run_in(
+        &job,
+        "base",
+        &other,
+        &["--workers", "2", "--chunk-rows", "1000"],
+    );
+    let first = Outcome::from(first.wait_with_output().unwrap());
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(
+        first.code, 4,
+        "the fenced process must stop: {}",
+        first.stderr
+    );
+    assert!(
+        first.stderr.contains("another process took over"),
+        "{}",
+        first.stderr
+    );
+    assert_base_events_once(&job, &counts);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

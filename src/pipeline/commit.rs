@@ -320,7 +320,7 @@ impl Committer {
             attempt += 1;
             let e = match self.attempt(work).await {
                 Ok(()) => return Ok(()),
-                Err(e) => e,
+                Err(e) => self.fenced_or(e),
             };
             let step = next_step(&e);
             self.recover(&e, step).await;
@@ -347,6 +347,26 @@ impl Committer {
                 }
                 Next::Stop => return Err(e),
             }
+        }
+    }
+
+    /// A producer in a fatal state reports later calls as `_FATAL`; its first
+    /// fatal error says whether another process fenced it.
+    fn fenced_or(&self, e: Error) -> Error {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        let fatal = self
+            .kafka
+            .as_ref()
+            .and_then(|k| k.producer.as_ref())
+            .and_then(|p| p.client().fatal_error());
+        match fatal {
+            Some((C::Fenced | C::ProducerFenced | C::InvalidProducerEpoch, reason)) => {
+                Error::kafka(
+                    "transaction",
+                    crate::error::KafkaCause::new(format!("fenced: {reason}"), Retry::Fenced),
+                )
+            }
+            _ => e,
         }
     }
 

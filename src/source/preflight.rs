@@ -97,17 +97,18 @@ pub async fn require(pool: &MySqlPool, cfg: &Config, needs_binlog: bool) -> Resu
     into_result(&findings)
 }
 
-/// For `falcon-migrate check`: connects, prints every finding to stderr, and
-/// fails like `require`.
-pub async fn check(cfg: &Config) -> Result<()> {
+/// For `falcon-migrate check`: connects, logs what did not pass, and fails
+/// like `require`; returns every finding for the report.
+pub async fn check(cfg: &Config) -> Result<Vec<Finding>> {
     let pool = super::mysql::connect(cfg, 1).await?;
     let findings = preflight(&pool, cfg, true).await;
     pool.close().await;
     let findings = findings?;
-    for f in &findings {
-        eprintln!("source preflight: {}", f.line());
+    for f in findings.iter().filter(|f| f.status == Status::Warn) {
+        tracing::warn!("source preflight: {}", f.line());
     }
-    into_result(&findings)
+    into_result(&findings)?;
+    Ok(findings)
 }
 
 /// `Error::Preflight` listing the failures, if any.

@@ -268,11 +268,30 @@ impl Job {
         self.kafka_all(source).len() as u64
     }
 
+    /// The base's start time (the stamp of rows without a version column):
+    /// from this job's state dir, or, for shards run as other machines (their
+    /// own state dirs under the job's folder), the latest of theirs.
     fn start_ts_ms(&self) -> u64 {
         let p = self.state_dir.join("base/base/shard-0-of-1.json");
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
-        v["start_ts_ms"].as_u64().unwrap()
+        let read = |p: &std::path::Path| -> Option<u64> {
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()?;
+            v["start_ts_ms"].as_u64()
+        };
+        if let Some(t) = read(&p) {
+            return t;
+        }
+        let mut latest = None;
+        for machine in std::fs::read_dir(&self.dir).unwrap().flatten() {
+            let dir = machine.path().join("base/base");
+            for f in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if name.starts_with("shard-") && name.ends_with(".json") {
+                    latest = latest.max(read(&f.path()));
+                }
+            }
+        }
+        latest.expect("a base run record in the job's folder")
     }
 
     /// What HBase must hold after a complete base run, computed from the

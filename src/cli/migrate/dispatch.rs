@@ -27,7 +27,7 @@ pub(super) async fn dispatch(cmd: Command) -> Result<i32> {
 
 async fn check(args: &CommonArgs) -> Result<i32> {
     let cfg = Config::load(&args.config)?;
-    crate::source::preflight::check(&cfg).await?;
+    let preflight = crate::source::preflight::check(&cfg).await?;
     let pos = crate::source::mysql::check(&cfg).await?;
     let kafka = cfg.kafka.clone();
     let brokers = tokio::task::spawn_blocking(move || crate::sink::kafka::check(&kafka))
@@ -48,6 +48,7 @@ async fn check(args: &CommonArgs) -> Result<i32> {
         kafka_bootstrap: cfg.kafka.brokers.clone(),
         hbase_thrift: cfg.hbase.thrift.clone(),
         tables: cfg.tables.iter().map(|t| t.source.clone()).collect(),
+        preflight,
     };
     render::print(args.json, || render::check(&report), &report);
     Ok(exit::OK)

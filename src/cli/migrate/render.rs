@@ -24,6 +24,8 @@ pub(super) struct CheckReport {
     pub kafka_bootstrap: String,
     pub hbase_thrift: String,
     pub tables: Vec<String>,
+    /// Every source setting checked (see `source::preflight`).
+    pub preflight: Vec<crate::source::preflight::Finding>,
 }
 
 pub(super) fn check(r: &CheckReport) -> String {

@@ -230,7 +230,11 @@ impl TableRun {
                 .fetch_one(pool)
                 .await
                 .map_err(|e| Error::mysql(format!("plan chunks of {t}"), e))?;
-            let Some(key) = next else { break };
+            // A server may clamp an out-of-range bound to the column's
+            // maximum and hand the last key back: never go backwards.
+            let Some(key) = next.filter(|k| *k >= from) else {
+                break;
+            };
             let c = plan::chunk(ti, plan::chunk_of(key, self.width), self.width);
             from = c.hi;
             out.push(c);

@@ -105,7 +105,25 @@ pub async fn check_available(pool: &MySqlPool, start: &Position) -> Result<()> {
         })
         .collect();
     match logs.iter().find(|(f, _)| f == file) {
-        Some((_, size)) if offset <= size => Ok(()),
+        Some((_, size)) if offset == size => Ok(()),
+        Some((_, size)) if offset <= size => {
+            // The server reads events from there only if an event starts
+            // there: a position of another server (after a failover) or a
+            // mistyped --from is refused, not read from.
+            let q = format!(
+                "SHOW BINLOG EVENTS IN '{}' FROM {offset} LIMIT 1",
+                file.replace('\'', "")
+            );
+            match sqlx::query(&q).fetch_all(pool).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(Error::Binlog {
+                    context: format!("start position {start}"),
+                    message: format!(
+                        "no binlog event starts at offset {offset} of {file} on this server ({e}): the position is not one of this server's (a failover, another server, or a mistyped --from); give a position this server logged, or run base again"
+                    ),
+                }),
+            }
+        }
         Some((_, size)) => Err(Error::Binlog {
             context: format!("start position {start}"),
             message: format!("{file} is only {size} bytes long: not a position of this server"),
