@@ -175,6 +175,13 @@ pub enum Error {
     #[error("MySQL binlog {context}: {message}")]
     Binlog { context: String, message: String },
 
+    /// The binlog stream broke; `at` is the last transaction boundary read.
+    #[error("MySQL binlog stream lost after {at}: {message}")]
+    BinlogLost {
+        at: crate::position::Position,
+        message: String,
+    },
+
     #[error("Kafka {context}: {message}")]
     Kafka {
         context: String,
@@ -278,6 +285,7 @@ impl Error {
                 _ => Retry::Never,
             },
             Error::Kafka { retry, .. } | Error::Hbase { retry, .. } => *retry,
+            Error::BinlogLost { .. } => Retry::Transient,
             Error::Io { source, .. } => io_retry(source.kind()),
             _ => Retry::Never,
         }

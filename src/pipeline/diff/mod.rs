@@ -158,7 +158,8 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
     let kinds: Vec<EntityKind> = cfg.tables.iter().map(|t| t.kind).collect();
     let rooms = Arc::new(Rooms::for_kinds(&pool, &kinds).await?);
 
-    let stream = binlog::open_stream(&cfg, binlog::server_id(&begun.marker_key), &start).await?;
+    let server_id = binlog::server_id(&begun.marker_key);
+    let stream = binlog::open_stream(&cfg, server_id, &start).await?;
     // Room for a few batches of source transactions: the reader keeps reading
     // while a batch is written.
     let (tx, mut rx) = mpsc::channel::<Item>((4 * opts.max_batch).clamp(1024, 65_536));
@@ -168,7 +169,14 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
         start: start.clone(),
         stop_at: target.clone(),
     };
-    let reader_task = tokio::spawn(reader.run(stream, tx));
+    let reader_task = tokio::spawn(follow_binlog(
+        cfg.clone(),
+        server_id,
+        reader,
+        stream,
+        tx,
+        opts.retry,
+    ));
 
     let (interrupted, stop) = super::on_interrupt("finishing the batch in hand");
     let dead_file = Arc::new(std::sync::Mutex::new(JsonlAppender::open(&dead_path)?));
@@ -307,6 +315,50 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
         dead_letter_file: dead_path.display().to_string(),
         checkpoint_file: checkpoint_path.display().to_string(),
     })
+}
+
+/// Runs the reader; when the stream breaks (a server restart, a half-open
+/// connection), reopens it from the last transaction boundary it read, for as
+/// long as the retry budget allows per outage. Items already sent are whole
+/// transactions before that boundary: none is lost or sent twice.
+async fn follow_binlog(
+    cfg: Config,
+    server_id: u32,
+    mut reader: Reader,
+    mut stream: mysql_async::BinlogStream,
+    tx: mpsc::Sender<Item>,
+    policy: RetryPolicy,
+) -> Result<()> {
+    loop {
+        let e = match reader.clone().run(stream, tx.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e @ Error::BinlogLost { .. }) => e,
+            Err(e) => return Err(e),
+        };
+        let Error::BinlogLost { at, .. } = &e else {
+            unreachable!()
+        };
+        reader.start = at.clone();
+        let outage = Instant::now();
+        let mut attempt = 0;
+        stream = loop {
+            attempt += 1;
+            let wait = policy.delay(attempt);
+            if outage.elapsed() + wait > policy.budget {
+                return Err(Error::Other(format!(
+                    "{e}; no new binlog connection within the retry budget ({:?}): rerun diff, it resumes from its checkpoint",
+                    policy.budget
+                )));
+            }
+            tracing::warn!(attempt, "{e}; reconnecting in {wait:?}");
+            tokio::time::sleep(wait).await;
+            match binlog::open_stream(&cfg, server_id, at).await {
+                Ok(s) => break s,
+                Err(err) => tracing::warn!("binlog reconnect failed: {err}"),
+            }
+        };
+        tracing::info!(from = %at, "binlog stream reopened");
+    }
 }
 
 fn item_changes(it: &Item) -> usize {

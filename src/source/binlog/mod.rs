@@ -141,6 +141,9 @@ pub async fn check_available(pool: &MySqlPool, start: &Position) -> Result<()> {
     }
 }
 
+/// How often the server sends a heartbeat on an idle binlog stream.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Opens a binlog dump connection at `start`.
 pub async fn open_stream(
     cfg: &Config,
@@ -156,13 +159,25 @@ pub async fn open_stream(
     if let Some(p) = cfg.source_password() {
         b = b.pass(Some(p));
     }
-    let conn = mysql_async::Conn::new(b)
+    let mut conn = mysql_async::Conn::new(b)
         .await
         .map_err(|e| Error::Unreachable {
             what: "MySQL (binlog)",
             target: cfg.source_endpoint(),
             message: e.to_string(),
         })?;
+    // Heartbeats keep an idle stream talking, so a half-open connection is
+    // noticed (`reader::STALL`) instead of waited on for ever.
+    use mysql_async::prelude::Queryable;
+    conn.query_drop(format!(
+        "SET @master_heartbeat_period = {}",
+        HEARTBEAT.as_nanos()
+    ))
+    .await
+    .map_err(|e| Error::Binlog {
+        context: "set the heartbeat period".into(),
+        message: e.to_string(),
+    })?;
     conn.get_binlog_stream(
         BinlogStreamRequest::new(server_id)
             .with_filename(file.as_bytes())

@@ -14,7 +14,13 @@ use crate::error::{Error, Result};
 use crate::mapping::{self, SrcVal};
 use crate::position::Position;
 
+/// With heartbeats every `HEARTBEAT` (asked of the server when the stream is
+/// opened), a stream silent for this long is half-open: it is dropped and
+/// reopened from the last transaction boundary.
+pub const STALL: Duration = Duration::from_secs(30);
+
 /// Streams from `start` until `stop_at` (if any) is reached, sending items to `out`.
+#[derive(Clone)]
 pub struct Reader {
     pub schema: std::sync::Arc<Vec<TableSchema>>,
     pub database: String,
@@ -54,26 +60,40 @@ impl Reader {
         let mut advanced_unsent = false;
         loop {
             // When idle with an unsent advance, report it rather than wait.
-            let next = if advanced_unsent {
-                match tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
-                    Ok(n) => n,
-                    Err(_) => {
-                        out.send(Item::Advanced(safe.clone()))
-                            .await
-                            .map_err(|_| closed())?;
-                        advanced_unsent = false;
-                        last_advance = Instant::now();
-                        continue;
+            let next =
+                if advanced_unsent {
+                    match tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
+                        Ok(n) => n,
+                        Err(_) => {
+                            out.send(Item::Advanced(safe.clone()))
+                                .await
+                                .map_err(|_| closed())?;
+                            advanced_unsent = false;
+                            last_advance = Instant::now();
+                            continue;
+                        }
                     }
-                }
-            } else {
-                stream.next().await
-            };
+                } else {
+                    match tokio::time::timeout(STALL, stream.next()).await {
+                        Ok(n) => n,
+                        Err(_) => return Err(lost(
+                            &safe,
+                            format!(
+                                "no event nor heartbeat for {STALL:?}: the connection is half-open"
+                            ),
+                        )),
+                    }
+                };
+            // The connection is gone (a server restart, a network cut): the
+            // caller reconnects from `safe`, the last transaction boundary.
             let Some(ev) = next else {
-                return Err(binlog_err(&safe.to_string(), "the server ended the stream"));
+                return Err(lost(&safe, "the server ended the stream".into()));
             };
-            let ev = ev.map_err(|e| binlog_err(&safe.to_string(), e))?;
+            let ev = ev.map_err(|e| lost(&safe, e.to_string()))?;
             let h = ev.header();
+            if h.event_type_raw() == HEARTBEAT_EVENT {
+                continue;
+            }
             let end = u64::from(h.log_pos());
             let here = format!("{file}:{}", end.saturating_sub(u64::from(h.event_size())));
             let ts = h.timestamp();
@@ -367,6 +387,16 @@ fn undecodable_code(code: u8) -> Option<(&'static str, &'static str)> {
              then rerun base or diff from a position after this event",
         ),
     })
+}
+
+/// HEARTBEAT_LOG_EVENT: a keep-alive, no position of its own.
+const HEARTBEAT_EVENT: u8 = 27;
+
+fn lost(at: &Position, message: String) -> Error {
+    Error::BinlogLost {
+        at: at.clone(),
+        message,
+    }
 }
 
 fn closed() -> Error {
