@@ -107,7 +107,8 @@ spawn() {
   pf="$(pid_file "$name")"
   rm -f "$pf"
   # shellcheck disable=SC2016  # $$ must expand in the child shell
-  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pf" "$@" </dev/null >>"$out" 2>&1 &
+  # fds 3-9 closed: a server must not inherit a caller's lock (flock) or pipe.
+  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pf" "$@" </dev/null >>"$out" 2>&1 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
   local i
   for i in $(seq 50); do [[ -s "$pf" ]] && return 0; sleep 0.1; done
   die "$name: did not start (no pid file)"
