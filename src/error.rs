@@ -175,10 +175,12 @@ pub enum Error {
     #[error("MySQL binlog {context}: {message}")]
     Binlog { context: String, message: String },
 
-    /// The binlog stream broke; `at` is the last transaction boundary read.
+    /// The binlog stream broke; `at` is the last transaction boundary read,
+    /// and `skip` the changes of the transaction there already handed on.
     #[error("MySQL binlog stream lost after {at}: {message}")]
     BinlogLost {
         at: crate::position::Position,
+        skip: u64,
         message: String,
     },
 

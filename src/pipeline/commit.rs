@@ -116,16 +116,51 @@ impl HbaseJob {
                 }
             }
             HbaseJob::Mutations { puts, deletes } => {
+                // Calls of bounded size: a large batch never makes one
+                // oversized Thrift message.
                 for (table, v) in puts {
-                    c.put_multiple(&table, v)?;
+                    for part in split_by_size(v, |p| {
+                        p.column_values
+                            .iter()
+                            .map(|c| c.qualifier.len() + c.value.len() + 32)
+                            .sum::<usize>()
+                    }) {
+                        c.put_multiple(&table, part)?;
+                    }
                 }
                 for (table, v) in deletes {
-                    c.delete_multiple(&table, v)?;
+                    for part in split_by_size(v, |d| d.row.len() + 64) {
+                        c.delete_multiple(&table, part)?;
+                    }
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Mutations per Thrift call, at most.
+const CALL_ROWS: usize = 1000;
+const CALL_BYTES: usize = 4 << 20;
+
+/// Splits `v` into runs of at most `CALL_ROWS` items and about `CALL_BYTES`.
+fn split_by_size<T>(v: Vec<T>, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut bytes = 0;
+    for x in v {
+        let n = size(&x);
+        if !cur.is_empty() && (cur.len() >= CALL_ROWS || bytes + n > CALL_BYTES) {
+            out.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+        bytes += n;
+        cur.push(x);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
 /// One HBase connection with one job in flight while the next is prepared.
@@ -573,6 +608,20 @@ mod tests {
         assert_eq!(next_step(&bad), Next::Stop);
         assert_eq!(next_step(&Error::Interrupted), Next::Stop);
         assert_eq!(next_step(&Error::Usage("x".into())), Next::Stop);
+    }
+
+    #[test]
+    fn thrift_calls_are_split_by_rows_and_bytes() {
+        let parts = split_by_size((0..2500).collect::<Vec<u32>>(), |_| 10);
+        assert_eq!(
+            parts.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![1000, 1000, 500]
+        );
+        let parts = split_by_size(vec![3usize << 20; 3], |x| *x);
+        assert_eq!(parts.len(), 3);
+        // One item larger than the cap still goes, alone.
+        assert_eq!(split_by_size(vec![9usize << 20], |x| *x).len(), 1);
+        assert!(split_by_size(Vec::<u8>::new(), |_| 1).is_empty());
     }
 
     #[test]

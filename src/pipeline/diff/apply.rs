@@ -32,8 +32,10 @@ pub(super) struct Applier {
     pub(super) committer: Committer,
     pub(super) floor_ms: u64,
     pub(super) checkpoint_path: PathBuf,
-    pub(super) committed: Position,
-    pub(super) seen: Position,
+    /// The checkpoint: a position, and changes of the transaction there
+    /// already applied (non-zero only inside a transaction applied in parts).
+    pub(super) committed: (Position, u64),
+    pub(super) seen: (Position, u64),
     pub(super) last_commit: Instant,
     // Counters of this invocation.
     pub(super) read: u64,
@@ -54,15 +56,16 @@ impl Applier {
         }
     }
 
-    fn checkpoint_at(&self, position: &Position) -> Checkpoint {
+    fn checkpoint_at(&self, at: &(Position, u64)) -> Checkpoint {
         Checkpoint {
             run: self.run_id.clone(),
-            position: position.clone(),
+            position: at.0.clone(),
+            skip: at.1,
             version_floor_ms: self.floor_ms,
         }
     }
 
-    fn marker(&self, position: &Position) -> Result<Marker> {
+    fn marker(&self, position: &(Position, u64)) -> Result<Marker> {
         Ok(Marker {
             key: self.marker_key.clone(),
             payload: serde_json::to_vec(&self.checkpoint_at(position))
@@ -75,10 +78,10 @@ impl Applier {
         for it in items {
             match it {
                 Item::Tx(t) => {
-                    self.seen = self.seen.clone().max(t.end.clone());
+                    self.seen = self.seen.clone().max(t.resume_at());
                     txs.push(t);
                 }
-                Item::Advanced(p) => self.seen = self.seen.clone().max(p),
+                Item::Advanced(p) => self.seen = self.seen.clone().max((p, 0)),
             }
         }
         if txs.is_empty() {
@@ -103,11 +106,14 @@ impl Applier {
         }
         let end = self.seen.clone();
         batch.marker = Some(self.marker(&end)?);
-        let what = format!("the diff batch ending at {end}");
+        let what = format!("the diff batch ending at {}", show(&end));
         let r = self.committer.commit(&what, &mut batch).await;
         r.map_err(|e| match e {
             Error::Interrupted => e,
-            e => Error::Other(format!("{e} (checkpoint stays at {})", self.committed)),
+            e => Error::Other(format!(
+                "{e} (checkpoint stays at {})",
+                show(&self.committed)
+            )),
         })?;
         self.checkpoint(end)?;
         let now = now_ms();
@@ -233,7 +239,7 @@ impl Applier {
         Ok(Ok(label))
     }
 
-    fn checkpoint(&mut self, end: Position) -> Result<()> {
+    fn checkpoint(&mut self, end: (Position, u64)) -> Result<()> {
         write_json_atomic(&self.checkpoint_path, &self.checkpoint_at(&end))?;
         self.committed = end;
         self.last_commit = Instant::now();
@@ -245,8 +251,16 @@ impl Applier {
         let end = self.seen.clone();
         let mut batch = Batch::default();
         batch.marker = Some(self.marker(&end)?);
-        let what = format!("the diff position {end}");
+        let what = format!("the diff position {}", show(&end));
         self.committer.commit(&what, &mut batch).await?;
         self.checkpoint(end)
+    }
+}
+
+/// `file:offset`, with the changes skipped inside a transaction applied in parts.
+pub(super) fn show(at: &(Position, u64)) -> String {
+    match at.1 {
+        0 => at.0.to_string(),
+        n => format!("{} (+{n} changes of its transaction)", at.0),
     }
 }

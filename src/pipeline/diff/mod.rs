@@ -50,6 +50,10 @@ pub struct DiffOptions {
 pub struct Checkpoint {
     pub run: String,
     pub position: Position,
+    /// Changes of the transaction starting at `position` already applied
+    /// (a transaction too large for one batch is applied in parts).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skip: u64,
     /// Lowest version given to rows of tables without a version column.
     pub version_floor_ms: u64,
 }
@@ -87,6 +91,16 @@ pub struct DiffSummary {
     pub dead_letter_file: String,
     pub checkpoint_file: String,
 }
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A transaction is applied in parts of at most `--max-batch` changes or this
+/// many KiB of row images (so a Thrift call or a Kafka transaction stays small).
+const PART_KIB: u64 = 16 * 1024;
+/// KiB of row images the binlog reader may hold ahead of the applier.
+const READ_AHEAD_KIB: u64 = 64 * 1024;
 
 /// Milliseconds, in 10 ms buckets up to 10 minutes.
 pub(crate) struct Histogram {
@@ -161,13 +175,17 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
     let server_id = binlog::server_id(&begun.marker_key);
     let stream = binlog::open_stream(&cfg, server_id, &start).await?;
     // Room for a few batches of source transactions: the reader keeps reading
-    // while a batch is written.
+    // while a batch is written (bounded in bytes by the reader's budget too).
     let (tx, mut rx) = mpsc::channel::<Item>((4 * opts.max_batch).clamp(1024, 65_536));
     let reader = Reader {
         schema: schema.clone(),
         database: database.clone(),
         start: start.clone(),
+        skip: begun.skip,
         stop_at: target.clone(),
+        part_changes: opts.max_batch,
+        part_kib: PART_KIB,
+        budget: Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_KIB as usize)),
     };
     let reader_task = tokio::spawn(follow_binlog(
         cfg.clone(),
@@ -204,8 +222,8 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
         committer,
         floor_ms: begun.floor_ms,
         checkpoint_path: checkpoint_path.clone(),
-        committed: start.clone(),
-        seen: start.clone(),
+        committed: (start.clone(), begun.skip),
+        seen: (start.clone(), begun.skip),
         last_commit: Instant::now(),
         read: 0,
         txs: 0,
@@ -225,7 +243,7 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
             let Some(first) = first else { break };
             let mut items = vec![first];
             let mut changes = item_changes(&items[0]);
-            while changes < opts.max_batch {
+            while changes < opts.max_batch && !is_part(items.last()) {
                 match rx.try_recv() {
                     Ok(it) => {
                         changes += item_changes(&it);
@@ -240,7 +258,7 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
                 let secs = started.elapsed().as_secs_f64().max(1e-3);
                 let total: u64 = a.applied.values().sum();
                 tracing::info!(
-                    position = %a.committed,
+                    position = %apply::show(&a.committed),
                     applied = total,
                     changes_per_s = (total as f64 / secs) as u64,
                     dead_lettered = a.dead_count,
@@ -291,7 +309,7 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
         run_id: opts.run_id,
         follow: opts.follow,
         from: start,
-        to: a.committed.clone(),
+        to: a.committed.0.clone(),
         target,
         stopped: if was_interrupted {
             "interrupted"
@@ -335,10 +353,11 @@ async fn follow_binlog(
             Err(e @ Error::BinlogLost { .. }) => e,
             Err(e) => return Err(e),
         };
-        let Error::BinlogLost { at, .. } = &e else {
+        let Error::BinlogLost { at, skip, .. } = &e else {
             unreachable!()
         };
         reader.start = at.clone();
+        reader.skip = *skip;
         let outage = Instant::now();
         let mut attempt = 0;
         stream = loop {
@@ -359,6 +378,11 @@ async fn follow_binlog(
         };
         tracing::info!(from = %at, "binlog stream reopened");
     }
+}
+
+/// A part of a large transaction ends its batch: one part, one Kafka transaction.
+fn is_part(it: Option<&Item>) -> bool {
+    matches!(it, Some(Item::Tx(t)) if t.part.is_some())
 }
 
 fn item_changes(it: &Item) -> usize {

@@ -21,6 +21,8 @@ use crate::sink::kafka::tx::{make_tx_producer, read_markers, TxProducer};
 
 pub(super) struct Begun {
     pub(super) start: Position,
+    /// Changes of the transaction at `start` already applied.
+    pub(super) skip: u64,
     pub(super) floor_ms: u64,
     pub(super) producer: TxProducer,
     pub(super) txn_id: String,
@@ -39,6 +41,31 @@ pub struct BaseStart {
 
 /// Chooses the start position and the version floor (see the module comment).
 pub fn choose(
+    from: Option<&Position>,
+    resume: Option<&Checkpoint>,
+    base: &BaseStart,
+    base_run: &str,
+) -> Result<(Position, u64)> {
+    choose_with_skip(from, resume, base, base_run).map(|(p, _, floor)| (p, floor))
+}
+
+/// [`choose`], with the changes to skip of the transaction at the start (a
+/// checkpoint inside a transaction applied in parts).
+pub fn choose_with_skip(
+    from: Option<&Position>,
+    resume: Option<&Checkpoint>,
+    base: &BaseStart,
+    base_run: &str,
+) -> Result<(Position, u64, u64)> {
+    let (p, floor) = choose_position(from, resume, base, base_run)?;
+    let skip = match (from, resume) {
+        (None, Some(r)) => r.skip,
+        _ => 0,
+    };
+    Ok((p, skip, floor))
+}
+
+fn choose_position(
     from: Option<&Position>,
     resume: Option<&Checkpoint>,
     base: &BaseStart,
@@ -106,10 +133,14 @@ pub(super) async fn begin(
         .filter(|r| r.key == marker_key)
         .filter_map(|r| serde_json::from_slice::<Checkpoint>(&r.payload).ok())
         .filter(|c| c.run == run)
-        .max_by(|a, b| a.position.cmp(&b.position));
+        .max_by(|a, b| (&a.position, a.skip).cmp(&(&b.position, b.skip)));
     let local = local_checkpoint(state, &opts.run_id)?;
     let resume = match (local, marker) {
-        (Some(a), Some(b)) => Some(if b.position > a.position { b } else { a }),
+        (Some(a), Some(b)) => Some(if (&b.position, b.skip) > (&a.position, a.skip) {
+            b
+        } else {
+            a
+        }),
         (a, b) => a.or(b),
     };
 
@@ -130,7 +161,7 @@ pub(super) async fn begin(
         },
     );
     let base = BaseStart { kafka, local };
-    let (start, floor_ms) = choose(
+    let (start, skip, floor_ms) = choose_with_skip(
         opts.from.as_ref(),
         resume.as_ref(),
         &base,
@@ -138,6 +169,7 @@ pub(super) async fn begin(
     )?;
     Ok(Begun {
         start,
+        skip,
         floor_ms,
         producer,
         txn_id,
@@ -161,6 +193,7 @@ mod tests {
         Checkpoint {
             run: "diff".into(),
             position: pos(off),
+            skip: 0,
             version_floor_ms: 77,
         }
     }
@@ -181,6 +214,27 @@ mod tests {
         );
         // Kafka's record of all shards beats this machine's local shards.
         assert_eq!(choose(None, None, &base, "base").unwrap(), (pos(100), 5001));
+    }
+
+    #[test]
+    fn a_checkpoint_inside_a_large_transaction_resumes_with_its_skip() {
+        let base = BaseStart {
+            kafka: Some(Ok((pos(100), 5000))),
+            local: None,
+        };
+        let inside = Checkpoint {
+            skip: 4000,
+            ..cp(200)
+        };
+        assert_eq!(
+            choose_with_skip(None, Some(&inside), &base, "base").unwrap(),
+            (pos(200), 4000, 77)
+        );
+        // --from starts at a transaction boundary: nothing skipped.
+        assert_eq!(
+            choose_with_skip(Some(&pos(200)), Some(&inside), &base, "base").unwrap(),
+            (pos(200), 0, 77)
+        );
     }
 
     #[test]

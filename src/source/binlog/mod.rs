@@ -67,15 +67,45 @@ pub struct RowChange {
     pub ts_s: u32,
 }
 
-/// A whole source transaction with at least one mapped change.
+/// A source transaction with at least one mapped change, or a part of one
+/// too large for one batch.
 #[derive(Debug)]
 pub struct SourceTx {
     pub changes: Vec<RowChange>,
-    /// Position just after the transaction.
+    /// Position just after the transaction; for a part, the position of the
+    /// transaction's start.
     pub end: Position,
+    /// For a part: how many of the transaction's changes have been handed on
+    /// with this one (a resume from `end` skips that many). None: the whole
+    /// transaction (or its last part) — `end` is after its commit.
+    pub part: Option<u64>,
     pub ts_s: u32,
     /// When its last event arrived from the server.
     pub received: Instant,
+    /// The reader's memory budget this item holds until it is applied.
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl SourceTx {
+    /// Where a checkpoint after this item resumes: a position, and how many
+    /// changes of the transaction starting there to skip.
+    pub fn resume_at(&self) -> (Position, u64) {
+        (self.end.clone(), self.part.unwrap_or(0))
+    }
+}
+
+/// A change's weight in the reader's memory budget (KiB, at least 1).
+pub fn change_cost(c: &RowChange) -> u32 {
+    let bytes: usize = [&c.before, &c.after]
+        .iter()
+        .filter_map(|i| i.as_ref())
+        .flat_map(|row| row.iter())
+        .map(|v| match v {
+            SrcVal::Bytes(b) => b.len() + 8,
+            _ => 8,
+        })
+        .sum();
+    u32::try_from(bytes / 1024 + 1).unwrap_or(u32::MAX)
 }
 
 /// What the reader hands on, in binlog order.

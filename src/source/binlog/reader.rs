@@ -25,11 +25,34 @@ pub struct Reader {
     pub schema: std::sync::Arc<Vec<TableSchema>>,
     pub database: String,
     pub start: Position,
+    /// Changes of the transaction starting at `start` already applied (a
+    /// resume inside a large transaction).
+    pub skip: u64,
     pub stop_at: Option<Position>,
+    /// A transaction is handed on in parts of at most this many changes ...
+    pub part_changes: usize,
+    /// ... or this many KiB of row images.
+    pub part_kib: u64,
+    /// KiB of row images the reader may hold ahead of the applier.
+    pub budget: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 struct Pending {
     changes: Vec<RowChange>,
+    /// KiB of the changes held.
+    kib: u64,
+    /// Changes of this transaction handed on so far (parts), or skipped.
+    sent: u64,
+}
+
+impl Pending {
+    fn new(sent: u64) -> Pending {
+        Pending {
+            changes: Vec::new(),
+            kib: 0,
+            sent,
+        }
+    }
 }
 
 fn binlog_err(pos: &str, e: impl std::fmt::Display) -> Error {
@@ -54,42 +77,50 @@ impl Reader {
             return Ok(());
         }
         let mut pending: Option<Pending> = None;
+        // Changes of the first transaction already applied by an earlier run.
+        let mut to_skip = self.skip;
         // table id → index of the mapped table (None: not mapped).
         let mut table_ids: HashMap<u64, Option<usize>> = HashMap::new();
         let mut last_advance = Instant::now();
         let mut advanced_unsent = false;
         loop {
             // When idle with an unsent advance, report it rather than wait.
-            let next =
-                if advanced_unsent {
-                    match tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
-                        Ok(n) => n,
-                        Err(_) => {
-                            out.send(Item::Advanced(safe.clone()))
-                                .await
-                                .map_err(|_| closed())?;
-                            advanced_unsent = false;
-                            last_advance = Instant::now();
-                            continue;
-                        }
+            let next = if advanced_unsent {
+                match tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        out.send(Item::Advanced(safe.clone()))
+                            .await
+                            .map_err(|_| closed())?;
+                        advanced_unsent = false;
+                        last_advance = Instant::now();
+                        continue;
                     }
-                } else {
-                    match tokio::time::timeout(STALL, stream.next()).await {
-                        Ok(n) => n,
-                        Err(_) => return Err(lost(
+                }
+            } else {
+                match tokio::time::timeout(STALL, stream.next()).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        return Err(lost(
                             &safe,
+                            resume_skip(&pending, to_skip),
                             format!(
                                 "no event nor heartbeat for {STALL:?}: the connection is half-open"
                             ),
-                        )),
+                        ))
                     }
-                };
+                }
+            };
             // The connection is gone (a server restart, a network cut): the
             // caller reconnects from `safe`, the last transaction boundary.
             let Some(ev) = next else {
-                return Err(lost(&safe, "the server ended the stream".into()));
+                return Err(lost(
+                    &safe,
+                    resume_skip(&pending, to_skip),
+                    "the server ended the stream".into(),
+                ));
             };
-            let ev = ev.map_err(|e| lost(&safe, e.to_string()))?;
+            let ev = ev.map_err(|e| lost(&safe, resume_skip(&pending, to_skip), e.to_string()))?;
             let h = ev.header();
             if h.event_type_raw() == HEARTBEAT_EVENT {
                 continue;
@@ -121,9 +152,7 @@ impl Reader {
                     let sql = q.query();
                     let head = first_word(&sql);
                     if head.eq_ignore_ascii_case("BEGIN") {
-                        pending = Some(Pending {
-                            changes: Vec::new(),
-                        });
+                        pending = Some(Pending::new(to_skip));
                     } else if head.eq_ignore_ascii_case("COMMIT") {
                         boundary = true;
                     } else {
@@ -165,10 +194,35 @@ impl Reader {
                         let tme = stream.get_tme(r.table_id()).ok_or_else(|| {
                             binlog_err(&here, "rows event without its table map event")
                         })?;
-                        let p = pending.get_or_insert_with(|| Pending {
-                            changes: Vec::new(),
-                        });
+                        let p = pending.get_or_insert_with(|| Pending::new(to_skip));
+                        let before = p.changes.len();
                         self.decode_rows(ti, &r, tme, &here, ts, &mut p.changes)?;
+                        if to_skip > 0 {
+                            // Applied by an earlier run (a resume inside this transaction).
+                            let n = (to_skip as usize).min(p.changes.len() - before);
+                            p.changes.drain(before..before + n);
+                            to_skip -= n as u64;
+                        }
+                        p.kib += p.changes[before..]
+                            .iter()
+                            .map(|c| u64::from(super::change_cost(c)))
+                            .sum::<u64>();
+                        if p.changes.len() >= self.part_changes || p.kib >= self.part_kib {
+                            // Too large for one batch: hand on a part, marked
+                            // with the transaction's start and its offset in it.
+                            let changes = std::mem::take(&mut p.changes);
+                            p.sent += changes.len() as u64;
+                            p.kib = 0;
+                            let item = SourceTx {
+                                end: safe.clone(),
+                                part: Some(p.sent),
+                                changes,
+                                ts_s: ts,
+                                received: Instant::now(),
+                                permit: None,
+                            };
+                            self.send(&out, item).await?;
+                        }
                     }
                 }
                 Some(EventData::XidEvent(_)) => boundary = true,
@@ -185,15 +239,16 @@ impl Reader {
             if boundary && end > 0 {
                 safe = pos(&file, end);
                 match pending.take() {
-                    Some(p) if !p.changes.is_empty() => {
-                        out.send(Item::Tx(SourceTx {
+                    Some(p) if !p.changes.is_empty() || p.sent > 0 => {
+                        let item = SourceTx {
                             changes: p.changes,
                             end: safe.clone(),
+                            part: None,
                             ts_s: ts,
                             received: Instant::now(),
-                        }))
-                        .await
-                        .map_err(|_| closed())?;
+                            permit: None,
+                        };
+                        self.send(&out, item).await?;
                         advanced_unsent = false;
                         last_advance = Instant::now();
                     }
@@ -212,6 +267,30 @@ impl Reader {
                 last_advance = Instant::now();
             }
         }
+    }
+
+    /// Hands an item on once the memory budget has room for it.
+    async fn send(&self, out: &mpsc::Sender<Item>, mut item: SourceTx) -> Result<()> {
+        let kib: u64 = item
+            .changes
+            .iter()
+            .map(|c| u64::from(super::change_cost(c)))
+            .sum();
+        let want = u32::try_from(kib.max(1))
+            .unwrap_or(u32::MAX)
+            .min(self.budget_kib());
+        item.permit = Some(
+            self.budget
+                .clone()
+                .acquire_many_owned(want)
+                .await
+                .map_err(|_| closed())?,
+        );
+        out.send(Item::Tx(item)).await.map_err(|_| closed())
+    }
+
+    fn budget_kib(&self) -> u32 {
+        u32::try_from(self.part_kib.max(1)).unwrap_or(u32::MAX)
     }
 
     /// The error for a data change of mapped table `t` logged as statement `sql`.
@@ -392,11 +471,17 @@ fn undecodable_code(code: u8) -> Option<(&'static str, &'static str)> {
 /// HEARTBEAT_LOG_EVENT: a keep-alive, no position of its own.
 const HEARTBEAT_EVENT: u8 = 27;
 
-fn lost(at: &Position, message: String) -> Error {
+fn lost(at: &Position, skip: u64, message: String) -> Error {
     Error::BinlogLost {
         at: at.clone(),
+        skip,
         message,
     }
+}
+
+/// Changes of the transaction at the last boundary that need not be read again.
+fn resume_skip(pending: &Option<Pending>, to_skip: u64) -> u64 {
+    pending.as_ref().map_or(to_skip, |p| p.sent)
 }
 
 fn closed() -> Error {
