@@ -110,13 +110,18 @@ async fn check_fails_with_exit_2_naming_binlog_format_while_the_server_logs_mixe
     // ROW again: every check passes and check goes on to the targets.
     let ok = support::Outcome::from(job.migrate_command("check", &[]).output().unwrap());
     assert_eq!(ok.code, 0, "{}\n{}", ok.stdout, ok.stderr);
-    assert!(
-        ok.stderr.contains("pass  binlog_format = ROW"),
-        "{}",
-        ok.stderr
-    );
     assert!(!ok.stderr.contains("FAIL"), "{}", ok.stderr);
-    assert_eq!(ok.json()["command"], "check");
+    let report = ok.json();
+    assert_eq!(report["command"], "check");
+    // The report lists every setting checked, each with its verdict.
+    let checks = report["preflight"].as_array().unwrap();
+    let format = checks
+        .iter()
+        .find(|f| f["variable"] == "binlog_format")
+        .unwrap();
+    assert_eq!(format["status"], "pass", "{format}");
+    assert_eq!(format["value"], "ROW", "{format}");
+    assert!(checks.iter().all(|f| f["status"] != "fail"), "{checks:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
