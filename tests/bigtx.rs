@@ -6,10 +6,9 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use support::{assert_converged, Job, Outcome};
+use support::{assert_converged, assert_no_duplicate_events, Job, Outcome};
 
 /// Peak resident memory of a process so far (VmHWM), in MiB.
 fn peak_rss_mib(pid: u32) -> Option<u64> {
@@ -38,22 +37,6 @@ fn diff_measured(job: &Job, args: &[&str]) -> (Outcome, u64) {
     });
     let out = Outcome::from(child.wait_with_output().unwrap());
     (out, sampler.join().unwrap())
-}
-
-fn assert_no_duplicate_events(job: &Job) {
-    let mut seen: HashMap<(String, String), u32> = HashMap::new();
-    for e in job.kafka_all("message") {
-        if e["source"]["phase"] == "diff" {
-            *seen
-                .entry((
-                    e["source"]["position"].as_str().unwrap().to_string(),
-                    e["key"].as_str().unwrap().to_string(),
-                ))
-                .or_default() += 1;
-        }
-    }
-    let dup: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
-    assert!(dup.is_empty(), "duplicate diff events: {dup:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,7 +79,7 @@ async fn huge_update_and_delete_transactions_are_applied_in_parts() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     eprintln!("200k-row UPDATE resumed: peak RSS {peak} MiB");
     assert!(peak < 768, "peak RSS {peak} MiB");
-    assert_no_duplicate_events(&job);
+    assert_no_duplicate_events(&job, "message");
     assert_converged(&job).await;
 
     // One DELETE of every message, one transaction.

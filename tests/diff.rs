@@ -6,35 +6,9 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use support::{assert_converged, Job};
-
-fn diff_events(job: &Job, table: &str) -> Vec<serde_json::Value> {
-    job.kafka_all(table)
-        .into_iter()
-        .filter(|e| e["source"]["phase"] == "diff")
-        .collect()
-}
-
-/// No change is delivered twice to a `read_committed` consumer.
-fn assert_no_duplicate_events(job: &Job, table: &str) -> usize {
-    let events = diff_events(job, table);
-    let mut seen: HashMap<(String, String, String), u32> = HashMap::new();
-    for e in &events {
-        *seen
-            .entry((
-                e["source"]["position"].as_str().unwrap().to_string(),
-                e["key"].as_str().unwrap().to_string(),
-                e["type"].as_str().unwrap().to_string(),
-            ))
-            .or_default() += 1;
-    }
-    let dup: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
-    assert!(dup.is_empty(), "duplicate {table} events: {dup:?}");
-    events.len()
-}
+use support::{assert_converged, assert_no_duplicate_events, diff_events, Job};
 
 fn applied(s: &serde_json::Value, table: &str, kind: &str) -> u64 {
     s["applied"][table][kind].as_u64().unwrap_or(0)

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use support::{assert_converged, Job, Outcome};
+use support::{assert_converged, assert_no_duplicate_events, Job, Outcome};
 
 fn run_in(job: &Job, sub: &str, state: &Path, args: &[&str]) -> Outcome {
     Outcome::from(job.migrate_command_in(sub, state, args).output().unwrap())
@@ -272,18 +272,6 @@ async fn a_commit_whose_reply_is_lost_is_resolved_without_duplicates() {
             .unwrap(),
     );
     assert_eq!(d.code, 0, "{}", d.stderr);
-    let mut seen: HashMap<(String, String), u32> = HashMap::new();
-    for e in job.kafka_all("message") {
-        if e["source"]["phase"] == "diff" {
-            *seen
-                .entry((
-                    e["source"]["position"].as_str().unwrap().to_string(),
-                    e["key"].as_str().unwrap().to_string(),
-                ))
-                .or_default() += 1;
-        }
-    }
-    let dup: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
-    assert!(dup.is_empty(), "duplicate diff events: {dup:?}");
+    assert_no_duplicate_events(&job, "message");
     assert_converged(&job).await;
 }
