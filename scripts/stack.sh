@@ -12,7 +12,14 @@
 # exactly that (a raw THBaseService.listNamespaces() call), so it proves it every time.
 #
 # Usage: scripts/stack.sh up | down | reset | status | logs [SERVER] | hbase-shell | kafka-class CLASS ARGS | hbase-class CLASS ARGS
+#        scripts/stack.sh stop SERVER | start SERVER | kill SERVER | restart SERVER
 #   SERVER = mariadb | kafka | hbase | thrift | rest
+#
+# One server at a time (fault tests): `stop` stops it cleanly (SIGTERM, then SIGKILL after
+# a grace period; hbase: a clean cluster shutdown), `kill` sends SIGKILL at once (a crash),
+# `start` starts it and waits until it answers, as `up` does, `restart` is stop + start.
+# The other servers are left as they are. The HBase gateways need HBase: `start thrift`
+# or `start rest` waits for HBase too, but does not start it.
 #
 # Everything lives under $FALCON_STACK_DIR (default: <repo>/.stack): jars (lib/), data,
 # logs (logs/), pid files (run/). `reset` wipes the data but keeps the cached jars.
@@ -490,6 +497,120 @@ stop_hbase_master() {
 
 # ----------------------------------------------------------------------------- commands
 
+# One server, for fault tests: NAME must be one of the stack's servers.
+check_name() {
+  case "${1:-}" in
+    mariadb | kafka | hbase | thrift | rest) ;;
+    *) die "usage: stack.sh stop|start|kill|restart mariadb|kafka|hbase|thrift|rest" ;;
+  esac
+}
+
+cmd_stop_one() {
+  check_name "${1:-}"
+  mkdir -p "$RUN_DIR"
+  case "$1" in
+    mariadb) stop_server mariadb 60 ;;
+    kafka) stop_server kafka 60 ;;
+    hbase) stop_hbase_master ;;
+    thrift | rest) stop_server "$1" 30 ;;
+  esac
+}
+
+cmd_kill_one() {
+  check_name "${1:-}"
+  local pid i
+  pid="$(running_pid "$1")"
+  if [[ -z "$pid" ]]; then
+    log "$1: not running"
+    rm -f "$(pid_file "$1")"
+    return 0
+  fi
+  kill -KILL "$pid" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  rm -f "$(pid_file "$1")"
+  log "$1: killed (SIGKILL, pid $pid)"
+}
+
+# start SERVER: starts only that server (unless it runs already) and waits until it
+# answers. The start_* functions of `up` are reused; for HBase and its gateways they
+# start whichever of the three is not running, so the others' pids are marked running
+# and their ports checked by start_hbase only when they are down.
+cmd_start_one() {
+  check_name "${1:-}"
+  local t0
+  t0="$(now)"
+  mkdir -p "$LIB_DIR" "$RUN_DIR" "$LOG_DIR" "$CONF_DIR"
+  raise_nofile
+  [[ -f "$LIB_DIR/kafka/.stack-key" && -f "$LIB_DIR/hbase/.stack-key" ]] ||
+    die "no jars yet: run 'scripts/stack.sh up' first"
+  case "$1" in
+    mariadb) start_mariadb; ready_mariadb ;;
+    kafka) start_kafka; ready_kafka ;;
+    hbase | thrift | rest)
+      [[ "$1" == hbase || -n "$(running_pid hbase)" ]] ||
+        die "$1: HBase is not running (scripts/stack.sh start hbase first)"
+      start_hbase_only "$1"
+      ready_hbase_only "$1"
+      ;;
+  esac
+  log "$1: started in $(elapsed "$t0")s"
+}
+
+# ready_hbase_only NAME: what ready_hbase checks, for one of hbase|thrift|rest: the
+# gateway's own answer (which needs HBase); for HBase itself, a live region server
+# through whichever gateway runs (ZooKeeper's port when neither does).
+ready_hbase_only() {
+  local what
+  case "$1" in
+    thrift) wait_for "thrift hbase" check_thrift ;;
+    rest) wait_for "rest hbase" check_rest ;;
+    hbase)
+      if [[ -n "$(running_pid rest)" ]]; then wait_for "hbase rest" check_rest; fi
+      if [[ -n "$(running_pid thrift)" ]]; then wait_for "hbase thrift" check_thrift; fi
+      check_zk() { port_open "$HBASE_ZK_PORT"; }
+      wait_for hbase check_zk
+      ;;
+  esac
+  what=up
+  [[ "$1" == hbase && $HBASE_STARTED == 0 || "$1" == thrift && $THRIFT_STARTED == 0 ||
+    "$1" == rest && $REST_STARTED == 0 ]] && what="already up"
+  log "$1: $what (pid $(running_pid "$1"))"
+}
+
+# start_hbase_only NAME: start_hbase for one of hbase|thrift|rest; the other two are
+# left alone (down stays down).
+start_hbase_only() {
+  HBASE_T0="$(now)"
+  HBASE_STARTED=0 THRIFT_STARTED=0 REST_STARTED=0
+  mkdir -p "$STACK_DIR/hbase/root" "$STACK_DIR/hbase/tmp" "$STACK_DIR/hbase/zk" "$CONF_DIR/hbase"
+  render "$TPL_DIR/hbase/hbase-site.xml" "$CONF_DIR/hbase/hbase-site.xml"
+  cp "$TPL_DIR/hbase/log4j2.properties" "$CONF_DIR/hbase/log4j2.properties"
+  [[ -z "$(running_pid "$1")" ]] || return 0
+  case "$1" in
+    hbase)
+      local p
+      for p in "$HBASE_ZK_PORT" 16000; do
+        port_open "$p" && die "hbase: port $p is taken by a process this script did not start"
+      done
+      hbase_cmd master 4g -XX:MaxDirectMemorySize=1g org.apache.hadoop.hbase.master.HMaster start
+      spawn hbase "$LOG_DIR/hbase.out" "${HBASE_CMD[@]}"
+      HBASE_STARTED=1
+      ;;
+    thrift)
+      port_open "$THRIFT_PORT" && die "thrift: port $THRIFT_PORT is taken by a process this script did not start"
+      hbase_cmd thrift 1g org.apache.hadoop.hbase.thrift2.ThriftServer -b 127.0.0.1 -p "$THRIFT_PORT" start
+      spawn thrift "$LOG_DIR/thrift.out" "${HBASE_CMD[@]}"
+      THRIFT_STARTED=1
+      ;;
+    rest)
+      port_open "$REST_PORT" && die "rest: port $REST_PORT is taken by a process this script did not start"
+      hbase_cmd rest 256m org.apache.hadoop.hbase.rest.RESTServer -p "$REST_PORT" start
+      spawn rest "$LOG_DIR/rest.out" "${HBASE_CMD[@]}"
+      REST_STARTED=1
+      ;;
+  esac
+}
+
 cmd_up() {
   local t0
   t0="$(now)"
@@ -592,6 +713,10 @@ main() {
     reset) cmd_reset ;;
     status) cmd_status ;;
     logs) cmd_logs "$@" ;;
+    stop) cmd_stop_one "$@" ;;
+    start) cmd_start_one "$@" ;;
+    kill) cmd_kill_one "$@" ;;
+    restart) cmd_stop_one "$@" && cmd_start_one "$@" ;;
     hbase-shell) cmd_hbase_shell "$@" ;;
     kafka-class) # kafka-class MAINCLASS ARGS...: a Kafka tool on the stack's jars (benchmarks)
       kafka_java -Dlog4j2.configurationFile="$CONF_DIR/kafka/tools-log4j2.properties" "$@" ;;

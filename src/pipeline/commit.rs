@@ -97,6 +97,41 @@ pub(crate) fn next_step(e: &Error) -> Next {
     }
 }
 
+/// A read (no transaction: a scan, a watermark, a marker read) redone after
+/// a backoff while [`next_step`] says another attempt can help, within the
+/// policy's budget; on a blocking thread. `f` starts from scratch each time.
+pub(crate) fn retry_blocking<T>(
+    policy: &RetryPolicy,
+    what: &str,
+    mut f: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    let mut attempt = 0u32;
+    let mut first_failure: Option<Instant> = None;
+    loop {
+        attempt += 1;
+        let e = match f() {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let since = *first_failure.get_or_insert_with(Instant::now);
+        let wait = policy.delay(attempt);
+        match next_step(&e) {
+            Next::Redo { .. } if since.elapsed() + wait <= policy.budget => {
+                tracing::warn!(attempt, "retrying {what} in {wait:?}: {e}");
+                std::thread::sleep(wait);
+            }
+            Next::Redo { .. } => {
+                return Err(Error::Other(format!(
+                    "{what}: gave up after {attempt} attempts in {:.0?} (retry budget {:?}): {e}",
+                    since.elapsed(),
+                    policy.budget
+                )))
+            }
+            Next::Stop => return Err(e),
+        }
+    }
+}
+
 /// One phase's HBase writes: puts hand-encoded on the hot path, or generated
 /// puts and deletes.
 pub enum HbaseJob {
@@ -224,7 +259,7 @@ impl HbaseLane {
 
 /// A server that refuses connections in the middle of a run is restarting:
 /// worth another attempt (at start, the same error is a usage error).
-fn as_transient(e: Error) -> Error {
+pub(crate) fn as_transient(e: Error) -> Error {
     match e {
         Error::Unreachable {
             what,

@@ -10,6 +10,7 @@ use super::rows::{Filter, Locator, Pass, TargetCell, TargetRow};
 use crate::config::HbaseConfig;
 use crate::error::{Error, Result};
 use crate::mapping::{self, TableSpec};
+use crate::pipeline::commit::{retry_blocking, RetryPolicy};
 use crate::sink::hbase::thrift2::TResult;
 use crate::sink::hbase::HbaseClient;
 
@@ -87,8 +88,13 @@ pub fn pass(
                 scope.spawn(|| -> Result<Vec<Pass<TargetRow>>> {
                     let mut out: Vec<Pass<TargetRow>> =
                         filters.iter().map(|f| Pass::new(f.buckets)).collect();
-                    let mut client = HbaseClient::connect(&cfg.thrift, cfg.framed)?;
+                    let connect = || {
+                        HbaseClient::connect(&cfg.thrift, cfg.framed)
+                            .map_err(crate::pipeline::commit::as_transient)
+                    };
+                    let mut client = Some(connect()?);
                     let mut hasher = RowHasher::default();
+                    let policy = RetryPolicy::default();
                     loop {
                         let next = queue
                             .lock()
@@ -97,20 +103,44 @@ pub fn pass(
                         let Some((ti, s)) = next else {
                             return Ok(out);
                         };
-                        let (t, f, o) = (&tables[ti], &filters[ti], &mut out[ti]);
+                        let (t, f) = (&tables[ti], &filters[ti]);
                         let start = (s > 0).then(|| vec![s as u8]);
                         let stop = (s + 1 < salts).then(|| vec![(s + 1) as u8]);
-                        client.scan(&t.hbase_table, start, stop, SCAN_BATCH, |r| {
-                            let row = decode(&mut hasher, t, r);
-                            if let Some(b) = f.admits(&row.key) {
-                                o.rows += 1;
-                                o.digests[b as usize].add(row.hash);
-                                if f.keeps_rows() {
-                                    o.kept.entry(row.key.clone()).or_default().push(row);
-                                }
+                        // A range is read whole or again from its start (a
+                        // gateway restarting mid-scan): its rows are counted
+                        // only once it is complete.
+                        let what = format!("scan of {} salt {s}", t.hbase_table);
+                        let range = retry_blocking(&policy, &what, || {
+                            let c = match client.as_mut() {
+                                Some(c) => c,
+                                None => client.insert(connect()?),
+                            };
+                            let mut o: Pass<TargetRow> = Pass::new(f.buckets);
+                            let r = c.scan(
+                                &t.hbase_table,
+                                start.clone(),
+                                stop.clone(),
+                                SCAN_BATCH,
+                                |r| {
+                                    super::failpoint_read_delay();
+                                    let row = decode(&mut hasher, t, r);
+                                    if let Some(b) = f.admits(&row.key) {
+                                        o.rows += 1;
+                                        o.digests[b as usize].add(row.hash);
+                                        if f.keeps_rows() {
+                                            o.kept.entry(row.key.clone()).or_default().push(row);
+                                        }
+                                    }
+                                    Ok(())
+                                },
+                            );
+                            if r.is_err() {
+                                // Its state is unknown: a new connection next time.
+                                client = None;
                             }
-                            Ok(())
+                            r.map(|_| o)
                         })?;
+                        out[ti].merge(range);
                     }
                 })
             })

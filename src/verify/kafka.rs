@@ -23,6 +23,7 @@ use super::digest::{bucket, RowHasher};
 use super::rows::{Filter, Locator, Pass, TargetCell, TargetRow};
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
+use crate::pipeline::commit::{retry_blocking, RetryPolicy};
 
 /// How long an open transaction may hold back the end of a partition.
 const OPEN_TX_WAIT: Duration = Duration::from_secs(70);
@@ -216,9 +217,11 @@ pub fn consume(
 ) -> Result<i64> {
     let c = consumer(cfg)?;
     let ctx = || format!("read {topic}/{partition}");
-    let (low, high) = c
-        .fetch_watermarks(topic, partition, Duration::from_secs(10))
-        .map_err(|e| Error::kafka(ctx(), e))?;
+    let policy = RetryPolicy::default();
+    let (low, high) = retry_blocking(&policy, &ctx(), || {
+        c.fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .map_err(|e| Error::kafka(ctx(), e))
+    })?;
     let start = from.unwrap_or(low).max(low);
     if start >= high {
         return Ok(start);
@@ -237,16 +240,32 @@ pub fn consume(
             .unwrap_or(start)
     };
     let mut progress = Instant::now();
+    // Since the first of the consumer's transient errors not followed by a record.
+    let mut failing: Option<Instant> = None;
     loop {
         match c.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
+                super::failpoint_read_delay();
                 f(&m)?;
                 progress = Instant::now();
+                failing = None;
                 if m.offset() + 1 >= high {
                     return Ok(m.offset() + 1);
                 }
             }
-            Some(Err(e)) => return Err(Error::kafka(ctx(), e)),
+            Some(Err(e)) => {
+                // A broker restarting: the consumer reconnects by itself and
+                // goes on from its position; the same retry decision and
+                // budget as every other read.
+                let e = Error::kafka(ctx(), e);
+                let since = *failing.get_or_insert_with(Instant::now);
+                if !e.is_transient() || since.elapsed() > policy.budget {
+                    return Err(e);
+                }
+                tracing::warn!("{e}: waiting for the broker");
+                // An outage is no open transaction.
+                progress = Instant::now();
+            }
             None => {
                 // The position moves past transaction markers too.
                 let pos = position(&c);
@@ -254,8 +273,15 @@ pub fn consume(
                     return Ok(pos);
                 }
                 // Short of the high watermark with nothing to read: a
-                // transaction is still open, its records are not committed.
+                // transaction is still open, its records are not committed
+                // (or the broker is away: its watermarks do not answer).
                 if progress.elapsed() > OPEN_TX_WAIT {
+                    if c.fetch_watermarks(topic, partition, Duration::from_secs(10))
+                        .is_err()
+                    {
+                        progress = Instant::now();
+                        continue;
+                    }
                     tracing::warn!(
                         topic,
                         partition,
@@ -378,9 +404,11 @@ fn fold_partition(
         return Ok((end, out));
     }
     let c = consumer(cfg)?;
-    let (low, high) = c
-        .fetch_watermarks(&t.topic, p, Duration::from_secs(10))
-        .map_err(|e| Error::kafka(format!("watermarks of {}/{p}", t.topic), e))?;
+    let what = format!("watermarks of {}/{p}", t.topic);
+    let (low, high) = retry_blocking(&RetryPolicy::default(), &what, || {
+        c.fetch_watermarks(&t.topic, p, Duration::from_secs(10))
+            .map_err(|e| Error::kafka(what.clone(), e))
+    })?;
     drop(c);
     let events = (high - low).max(0) as u64;
     if events <= memory_rows {

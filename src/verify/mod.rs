@@ -548,3 +548,24 @@ impl Ctx {
         })
     }
 }
+
+/// `FALCON_FAILPOINT=verify-read-delay-us:N`: every row read from a target
+/// waits N µs, so that a test can restart a server while the passes run.
+#[cfg(feature = "failpoints")]
+pub(crate) fn failpoint_read_delay() {
+    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    let d = DELAY.get_or_init(|| {
+        std::env::var("FALCON_FAILPOINT").ok().and_then(|v| {
+            v.strip_prefix("verify-read-delay-us:")
+                .and_then(|n| n.parse().ok())
+                .map(std::time::Duration::from_micros)
+        })
+    });
+    if let Some(d) = d {
+        std::thread::sleep(*d);
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub(crate) fn failpoint_read_delay() {}

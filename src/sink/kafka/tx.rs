@@ -12,6 +12,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
+use crate::pipeline::commit::{retry_blocking, RetryPolicy};
 
 pub type TxProducer = ThreadedProducer<DefaultProducerContext>;
 
@@ -71,9 +72,14 @@ pub fn read_progress(
         .create()
         .map_err(|e| Error::kafka("progress reader", e))?;
     let topic = &cfg.progress_topic;
-    let (low, high) = consumer
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .map_err(|e| Error::kafka(format!("watermarks of {topic}"), e))?;
+    // A broker restarting answers nothing for a while: retried like any
+    // other read (see `pipeline::commit::retry_blocking`).
+    let what = format!("watermarks of {topic}");
+    let (low, high) = retry_blocking(&RetryPolicy::default(), &what, || {
+        consumer
+            .fetch_watermarks(topic, 0, Duration::from_secs(10))
+            .map_err(|e| Error::kafka(what.clone(), e))
+    })?;
     if high <= low {
         // Empty (or compacted/deleted to nothing): the position would stay
         // invalid until a record arrives.
@@ -115,7 +121,15 @@ pub fn read_progress(
                 }
             }
             Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(Error::kafka(format!("read {topic}"), e)),
+            Some(Err(e)) => {
+                // The consumer reconnects by itself and goes on from its
+                // position; the deadline above bounds the wait.
+                let e = Error::kafka(format!("read {topic}"), e);
+                if !e.is_transient() {
+                    return Err(e);
+                }
+                tracing::warn!("{e}: waiting for the broker");
+            }
             None => {}
         }
     }
