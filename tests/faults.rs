@@ -5,6 +5,10 @@
 //! and `--resume` then finishes at once. Every server stopped here is started
 //! again by a guard, even when the test fails, so the stack is left up.
 //!
+//! `diff --follow` rides out MariaDB (the binlog stream is reopened from the
+//! last transaction boundary) and Kafka restarts; after a MariaDB crash with
+//! no write since, `diff --until-now` finishes.
+//!
 //! These tests stop servers that every other test uses: run them alone, one
 //! at a time (`--test-threads=1`), holding the stack's lock.
 
@@ -261,9 +265,6 @@ async fn base_survives_a_kafka_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn base_survives_a_mariadb_restart() {
-    // No diff here: after a crash of MariaDB its binlog file ends without a
-    // rotate event, and `diff --until-now` from a position in that file waits
-    // forever (a known gap of the binlog reader, not of base).
     // Down longer than the pool's acquire timeout (10 s), so that the
     // chunk's read fails and is retried (a shorter outage is waited out by
     // the pool itself).
@@ -272,7 +273,7 @@ async fn base_survives_a_mariadb_restart() {
         "mariadb",
         Duration::from_secs(15),
         "retrying",
-        false,
+        true,
     )
     .await;
 }
@@ -359,4 +360,104 @@ async fn verify_survives_a_thrift_gateway_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_survives_a_kafka_restart() {
     verify_rides_out("f_vkafka", "kafka", Duration::from_secs(3)).await;
+}
+
+/// Waits until the running diff has committed a checkpoint at or past the
+/// source's binlog position now.
+async fn wait_caught_up(job: &Job) {
+    let pool = job.pool().await;
+    let row: (String, u64, String, String) = sqlx::query_as("SHOW MASTER STATUS")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let (file, pos) = (row.0, row.1);
+    pool.close().await;
+    let cp = job.state_dir.join("diff/diff/checkpoint.json");
+    let t0 = Instant::now();
+    loop {
+        if let Ok(t) = std::fs::read_to_string(&cp) {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            let f = v["position"]["file"].as_str().unwrap_or("").to_string();
+            let o = v["position"]["offset"].as_u64().unwrap_or(0);
+            if (f.as_str(), o) >= (file.as_str(), pos) {
+                return;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "diff --follow did not catch up to {file}:{pos}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_follow_rides_out_mariadb_and_kafka_restarts() {
+    let job = Job::new("f_follow", 5_000, false).await;
+    let out = job.base(&["--workers", "2", "--chunk-rows", "1000"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut follow =
+        Running::spawn(job.migrate_command("diff", &["--follow", "--max-batch", "200"]));
+    job.churn(300.0, 2.0, 61).await;
+    wait_caught_up(&job).await;
+
+    // MariaDB killed under the open binlog stream, then started again.
+    {
+        let mut down = Down::kill("mariadb");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        down.start();
+    }
+    job.churn(300.0, 2.0, 62).await;
+    wait_caught_up(&job).await;
+
+    // Kafka killed, then changes made: their batches wait and are retried
+    // until Kafka is started again.
+    {
+        let mut down = Down::kill("kafka");
+        job.churn(300.0, 1.0, 63).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        down.start();
+    }
+    wait_caught_up(&job).await;
+    assert!(!follow.exited(), "diff --follow stopped");
+
+    if let Some(c) = follow.child.as_ref() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+    }
+    let f = follow.finish(Duration::from_secs(60));
+    assert_eq!(
+        f.code, 0,
+        "diff --follow survived both restarts: {}",
+        f.stderr
+    );
+    assert!(f.stderr.contains("binlog stream reopened"), "{}", f.stderr);
+    // Nothing is left for another run: the follow applied every change.
+    let d = job.diff(&["--until-now"]);
+    assert_eq!(d.code, 0, "{}", d.stderr);
+    assert_eq!(d.json()["applied_total"], 0, "{}", d.stdout);
+    support::assert_no_duplicate_events(&job, "message");
+    assert_converged(&job).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_crash_with_no_writes_since_diff_until_now_finishes() {
+    let job = Job::new("f_crash", 2_000, false).await;
+    let out = job.base(&["--workers", "2"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    job.churn(200.0, 1.0, 71).await;
+    let d = job.diff(&["--until-now"]);
+    assert_eq!(d.code, 0, "{}", d.stderr);
+    // The crash closes the binlog file the checkpoint points into without a
+    // rotate event; the server starts a new file and nobody writes to it.
+    {
+        let mut down = Down::kill("mariadb");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        down.start();
+    }
+    let mut d = Running::spawn(job.migrate_command("diff", &["--until-now"]));
+    let d = d.finish(Duration::from_secs(90));
+    assert_eq!(d.code, 0, "{}", d.stderr);
+    assert_converged(&job).await;
 }

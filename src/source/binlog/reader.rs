@@ -79,6 +79,8 @@ impl Reader {
         let mut pending: Option<Pending> = None;
         // Changes of the first transaction already applied by an earlier run.
         let mut to_skip = self.skip;
+        // A format description was read: rotate events decode fully.
+        let mut seen_fde = false;
         // table id → index of the mapped table (None: not mapped).
         let mut table_ids: HashMap<u64, Option<usize>> = HashMap::new();
         let mut last_advance = Instant::now();
@@ -130,10 +132,17 @@ impl Reader {
             let ts = h.timestamp();
             let data = ev.read_data().map_err(|e| binlog_err(&here, e))?;
             let mut boundary = false;
+            if matches!(data, Some(EventData::FormatDescriptionEvent(_))) {
+                seen_fde = true;
+            }
             match data {
+                // A rotate: a real one at the end of a file, or a fake one
+                // (log_pos 0) when the server moves on to the next file —
+                // the only one after a crash, which leaves no real rotate.
                 // The fake rotate sent at connect names the file we asked for
-                // (and arrives before the checksum setting is known).
-                Some(EventData::RotateEvent(r)) if end > 0 => {
+                // and arrives before the checksum setting is known (its name
+                // may carry the checksum bytes): that one is skipped.
+                Some(EventData::RotateEvent(r)) if end > 0 || seen_fde => {
                     file = r
                         .name()
                         .chars()
