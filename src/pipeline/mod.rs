@@ -6,6 +6,8 @@
 pub mod base;
 pub mod commit;
 pub mod diff;
+pub mod lane;
+pub mod retry;
 pub mod runlog;
 pub mod watermark;
 

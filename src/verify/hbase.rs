@@ -90,7 +90,7 @@ pub fn pass(
                         filters.iter().map(|f| Pass::new(f.buckets)).collect();
                     let connect = || {
                         HbaseClient::connect(&cfg.thrift, cfg.framed)
-                            .map_err(crate::pipeline::commit::as_transient)
+                            .map_err(crate::pipeline::lane::as_transient)
                     };
                     let mut client = Some(connect()?);
                     let mut hasher = RowHasher::default();
