@@ -275,3 +275,41 @@ async fn a_commit_whose_reply_is_lost_is_resolved_without_duplicates() {
     assert_no_duplicate_events(&job, "message");
     assert_converged(&job).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_of_another_server_is_found_again_by_its_gtid() {
+    let job = Job::new("gtid", 2_000, false).await;
+    let out = job.base(&["--workers", "2"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    job.churn(200.0, 1.0, 81).await;
+    let d = job.diff(&["--until-now"]);
+    assert_eq!(d.code, 0, "{}", d.stderr);
+    let cp: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(job.state_dir.join("diff/diff/checkpoint.json")).unwrap(),
+    )
+    .unwrap();
+    let gtid = cp["position"]["gtid"].as_str().unwrap().to_string();
+    assert!(gtid.contains('-'), "a GTID with the checkpoint: {cp}");
+    job.churn(200.0, 1.0, 82).await;
+
+    // Another diff run whose checkpoint names a position of another server
+    // (a binlog file this one never had) with the GTID state it had reached.
+    let other = job.state_dir.join("diff/other/checkpoint.json");
+    std::fs::create_dir_all(other.parent().unwrap()).unwrap();
+    let mut moved = cp.clone();
+    moved["run"] = "other".into();
+    moved["position"]["file"] = "mariadb-bin.999999".into();
+    moved["position"]["offset"] = 12345.into();
+    std::fs::write(&other, serde_json::to_vec(&moved).unwrap()).unwrap();
+    let b = job.diff(&["--until-now", "--run-id", "other"]);
+    assert_eq!(b.code, 0, "{}", b.stderr);
+    assert!(b.stderr.contains("resuming from its GTID"), "{}", b.stderr);
+    // It applies exactly what the original run applies from its checkpoint.
+    let a = job.diff(&["--until-now"]);
+    assert_eq!(a.code, 0, "{}", a.stderr);
+    let (a, b) = (a.json(), b.json());
+    assert!(a["applied_total"].as_u64().unwrap() > 0, "{a}");
+    assert_eq!(b["applied_total"], a["applied_total"], "{b}\n{a}");
+    assert_eq!(b["events_read"], a["events_read"]);
+    assert_eq!(b["to"]["offset"], a["to"]["offset"]);
+}

@@ -176,3 +176,107 @@ pub async fn snapshot_position(pool: &MySqlPool) -> Result<Position> {
     let _ = sqlx::query("COMMIT").execute(&mut *conn).await;
     result
 }
+
+/// MariaDB: the GTID state at a binlog position (`BINLOG_GTID_POS`); empty
+/// where the server has no such function or cannot tell.
+pub async fn gtid_at(pool: &MySqlPool, p: &Position) -> String {
+    let Position::Binlog { file, offset, .. } = p else {
+        return String::new();
+    };
+    sqlx::query_scalar::<_, Option<String>>("SELECT CAST(BINLOG_GTID_POS(?, ?) AS CHAR)")
+        .bind(file)
+        .bind(*offset)
+        .fetch_one(pool)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// `d-s-n[,d-s-n…]` → domain → sequence number.
+fn parse_gtid_state(s: &str) -> std::collections::BTreeMap<u64, u64> {
+    s.split(',')
+        .filter_map(|g| {
+            let mut it = g.trim().split('-');
+            let (d, _server, n) = (it.next()?, it.next()?, it.next()?);
+            Some((d.parse().ok()?, n.parse().ok()?))
+        })
+        .collect()
+}
+
+/// MariaDB: the position on this server right after every transaction of the
+/// GTID state `gtid` — how a checkpoint of another server (before a
+/// failover) is found on this one. None when this server's binlogs do not
+/// reach back to it. Reads `SHOW BINLOG EVENTS` of one file.
+pub async fn position_of_gtid(pool: &MySqlPool, gtid: &str) -> Result<Option<Position>> {
+    let target = parse_gtid_state(gtid);
+    if target.is_empty() {
+        return Ok(None);
+    }
+    let files: Vec<String> = sqlx::query("SHOW BINARY LOGS")
+        .fetch_all(pool)
+        .await
+        .map_err(|e| Error::mysql("SHOW BINARY LOGS", e))?
+        .iter()
+        .filter_map(|r| r.try_get::<String, _>(0).ok())
+        .collect();
+    // The newest file that starts at or before the target in every domain.
+    let mut found = None;
+    for f in files.iter().rev() {
+        let at_start = parse_gtid_state(
+            &gtid_at(
+                pool,
+                &Position::Binlog {
+                    file: f.clone(),
+                    offset: 4,
+                    gtid: String::new(),
+                },
+            )
+            .await,
+        );
+        if at_start
+            .iter()
+            .all(|(d, n)| target.get(d).is_some_and(|t| n <= t))
+        {
+            found = Some(f.clone());
+            break;
+        }
+    }
+    let Some(file) = found else { return Ok(None) };
+    let rows = sqlx::query(&format!(
+        "SHOW BINLOG EVENTS IN '{}'",
+        file.replace('\'', "")
+    ))
+    .fetch_all(pool)
+    .await
+    .map_err(|e| Error::mysql(format!("SHOW BINLOG EVENTS IN {file}"), e))?;
+    let mut end = 4u64;
+    for r in &rows {
+        let pos: u64 = r.try_get("Pos").unwrap_or(0);
+        let kind: String = r.try_get("Event_type").unwrap_or_default();
+        let info: String = r.try_get("Info").unwrap_or_default();
+        end = r.try_get("End_log_pos").unwrap_or(end);
+        if kind.eq_ignore_ascii_case("Gtid") {
+            // "BEGIN GTID 0-1-135" or "GTID 0-1-136": the first transaction
+            // the state does not include starts here.
+            let g = info
+                .split_whitespace()
+                .find(|w| w.matches('-').count() == 2);
+            let state = g.map(parse_gtid_state).unwrap_or_default();
+            if let Some((d, n)) = state.into_iter().next() {
+                if target.get(&d).is_none_or(|t| n > *t) {
+                    return Ok(Some(Position::Binlog {
+                        file,
+                        offset: pos,
+                        gtid: gtid.to_string(),
+                    }));
+                }
+            }
+        }
+    }
+    Ok(Some(Position::Binlog {
+        file,
+        offset: end,
+        gtid: gtid.to_string(),
+    }))
+}

@@ -29,6 +29,7 @@ pub(super) struct Applier {
     pub(super) marker_key: String,
     pub(super) schema: std::sync::Arc<Vec<TableSchema>>,
     pub(super) admission: Admission,
+    pub(super) pool: sqlx::mysql::MySqlPool,
     pub(super) committer: Committer,
     pub(super) floor_ms: u64,
     pub(super) checkpoint_path: PathBuf,
@@ -53,6 +54,26 @@ impl Applier {
             salt_buckets: self.cfg.hbase.salt_buckets,
             epoch_ms: self.cfg.ids.epoch_ms,
             default_version_ms: (u64::from(ts_s) * 1000).max(self.floor_ms),
+        }
+    }
+
+    /// The position with the server's GTID state there (MariaDB), so that a
+    /// checkpoint can be found again on another server after a failover.
+    async fn with_gtid(&self, at: (Position, u64)) -> (Position, u64) {
+        match at.0 {
+            Position::Binlog { file, offset, gtid } if gtid.is_empty() => {
+                let p = Position::Binlog {
+                    file,
+                    offset,
+                    gtid: String::new(),
+                };
+                let gtid = crate::source::mysql::gtid_at(&self.pool, &p).await;
+                let Position::Binlog { file, offset, .. } = p else {
+                    unreachable!()
+                };
+                (Position::Binlog { file, offset, gtid }, at.1)
+            }
+            other => (other, at.1),
         }
     }
 
@@ -104,7 +125,7 @@ impl Applier {
                 }
             }
         }
-        let end = self.seen.clone();
+        let end = self.with_gtid(self.seen.clone()).await;
         batch.marker = Some(self.marker(&end)?);
         let what = format!("the diff batch ending at {}", show(&end));
         let r = self.committer.commit(&what, &mut batch).await;
@@ -248,7 +269,7 @@ impl Applier {
 
     /// Records a position reached with nothing mapped to apply.
     pub(super) async fn commit_position_only(&mut self) -> Result<()> {
-        let end = self.seen.clone();
+        let end = self.with_gtid(self.seen.clone()).await;
         let mut batch = Batch::default();
         batch.marker = Some(self.marker(&end)?);
         let what = format!("the diff position {}", show(&end));

@@ -152,8 +152,21 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
 
     // Fence an earlier attempt, then learn where to start.
     let begun = start::begin(&cfg, &opts, &pool, &database, &state).await?;
-    let start = begun.start.clone();
-    binlog::check_available(&pool, &start).await?;
+    let mut start = begun.start.clone();
+    if let Err(e) = binlog::check_available(&pool, &start).await {
+        // A checkpoint of another server (a failover): found again by its GTID.
+        let gtid = match &start {
+            Position::Binlog { gtid, .. } if begun.from_checkpoint => gtid.clone(),
+            _ => String::new(),
+        };
+        match crate::source::mysql::position_of_gtid(&pool, &gtid).await? {
+            Some(p) if !gtid.is_empty() => {
+                tracing::warn!(recorded = %start, gtid = %gtid, found = %p, "the checkpoint's position is not this server's: resuming from its GTID");
+                start = p;
+            }
+            _ => return Err(e),
+        }
+    }
     let target = if opts.follow {
         None
     } else {
@@ -215,6 +228,7 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
     let checkpoint_path = state.diff_checkpoint(&opts.run_id);
     let mut a = apply::Applier {
         admission: Admission::new(rooms, cfg.kafka.message_max_bytes),
+        pool: pool.clone(),
         cfg,
         run_id: opts.run_id.clone(),
         marker_key: begun.marker_key.clone(),

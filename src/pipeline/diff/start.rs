@@ -23,6 +23,8 @@ pub(super) struct Begun {
     pub(super) start: Position,
     /// Changes of the transaction at `start` already applied.
     pub(super) skip: u64,
+    /// The start is the run's own checkpoint (not `--from` nor the base's).
+    pub(super) from_checkpoint: bool,
     pub(super) floor_ms: u64,
     pub(super) producer: TxProducer,
     pub(super) txn_id: String,
@@ -167,9 +169,11 @@ pub(super) async fn begin(
         &base,
         &opts.base_run_id,
     )?;
+    let from_checkpoint = opts.from.is_none() && resume.is_some();
     Ok(Begun {
         start,
         skip,
+        from_checkpoint,
         floor_ms,
         producer,
         txn_id,
