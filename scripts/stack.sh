@@ -429,36 +429,52 @@ check_rest() {
     grep -q '"LiveNodes":\[{'
 }
 
-# start_hbase: spawn HMaster (with embedded ZooKeeper and a region server), the Thrift2
-# gateway and the REST gateway, each unless already running (returns at once).
-start_hbase() {
+# hbase_prepare: the HBase JVMs' config files; resets the started flags.
+hbase_prepare() {
   HBASE_T0="$(now)"
   HBASE_STARTED=0 THRIFT_STARTED=0 REST_STARTED=0
   mkdir -p "$STACK_DIR/hbase/root" "$STACK_DIR/hbase/tmp" "$STACK_DIR/hbase/zk" "$CONF_DIR/hbase"
   render "$TPL_DIR/hbase/hbase-site.xml" "$CONF_DIR/hbase/hbase-site.xml"
   cp "$TPL_DIR/hbase/log4j2.properties" "$CONF_DIR/hbase/log4j2.properties"
-  if [[ -z "$(running_pid hbase)" ]]; then
-    local p
-    for p in "$HBASE_ZK_PORT" 16000; do
-      port_open "$p" && die "hbase: port $p is taken by a process this script did not start"
-    done
-    hbase_cmd master 4g -XX:MaxDirectMemorySize=1g org.apache.hadoop.hbase.master.HMaster start
-    spawn hbase "$LOG_DIR/hbase.out" "${HBASE_CMD[@]}"
-    HBASE_STARTED=1
-  fi
-  if [[ -z "$(running_pid thrift)" ]]; then
-    port_open "$THRIFT_PORT" && die "thrift: port $THRIFT_PORT is taken by a process this script did not start"
-    # Default Thrift2 server: thread pool, plain TSocket (unframed), TBinaryProtocol.
-    hbase_cmd thrift 1g org.apache.hadoop.hbase.thrift2.ThriftServer -b 127.0.0.1 -p "$THRIFT_PORT" start
-    spawn thrift "$LOG_DIR/thrift.out" "${HBASE_CMD[@]}"
-    THRIFT_STARTED=1
-  fi
-  if [[ -z "$(running_pid rest)" ]]; then
-    port_open "$REST_PORT" && die "rest: port $REST_PORT is taken by a process this script did not start"
-    hbase_cmd rest 256m org.apache.hadoop.hbase.rest.RESTServer -p "$REST_PORT" start
-    spawn rest "$LOG_DIR/rest.out" "${HBASE_CMD[@]}"
-    REST_STARTED=1
-  fi
+}
+
+# spawn_hbase_server NAME: spawn one of hbase (HMaster with embedded ZooKeeper
+# and a region server) | thrift | rest unless it is running (returns at once).
+spawn_hbase_server() {
+  [[ -z "$(running_pid "$1")" ]] || return 0
+  case "$1" in
+    hbase)
+      local p
+      for p in "$HBASE_ZK_PORT" 16000; do
+        port_open "$p" && die "hbase: port $p is taken by a process this script did not start"
+      done
+      hbase_cmd master 4g -XX:MaxDirectMemorySize=1g org.apache.hadoop.hbase.master.HMaster start
+      spawn hbase "$LOG_DIR/hbase.out" "${HBASE_CMD[@]}"
+      HBASE_STARTED=1
+      ;;
+    thrift)
+      port_open "$THRIFT_PORT" && die "thrift: port $THRIFT_PORT is taken by a process this script did not start"
+      # Default Thrift2 server: thread pool, plain TSocket (unframed), TBinaryProtocol.
+      hbase_cmd thrift 1g org.apache.hadoop.hbase.thrift2.ThriftServer -b 127.0.0.1 -p "$THRIFT_PORT" start
+      spawn thrift "$LOG_DIR/thrift.out" "${HBASE_CMD[@]}"
+      THRIFT_STARTED=1
+      ;;
+    rest)
+      port_open "$REST_PORT" && die "rest: port $REST_PORT is taken by a process this script did not start"
+      hbase_cmd rest 256m org.apache.hadoop.hbase.rest.RESTServer -p "$REST_PORT" start
+      spawn rest "$LOG_DIR/rest.out" "${HBASE_CMD[@]}"
+      REST_STARTED=1
+      ;;
+  esac
+}
+
+# start_hbase: spawn HMaster, the Thrift2 gateway and the REST gateway, each
+# unless already running (returns at once).
+start_hbase() {
+  hbase_prepare
+  spawn_hbase_server hbase
+  spawn_hbase_server thrift
+  spawn_hbase_server rest
 }
 
 ready_hbase() {
@@ -580,35 +596,8 @@ ready_hbase_only() {
 # start_hbase_only NAME: start_hbase for one of hbase|thrift|rest; the other two are
 # left alone (down stays down).
 start_hbase_only() {
-  HBASE_T0="$(now)"
-  HBASE_STARTED=0 THRIFT_STARTED=0 REST_STARTED=0
-  mkdir -p "$STACK_DIR/hbase/root" "$STACK_DIR/hbase/tmp" "$STACK_DIR/hbase/zk" "$CONF_DIR/hbase"
-  render "$TPL_DIR/hbase/hbase-site.xml" "$CONF_DIR/hbase/hbase-site.xml"
-  cp "$TPL_DIR/hbase/log4j2.properties" "$CONF_DIR/hbase/log4j2.properties"
-  [[ -z "$(running_pid "$1")" ]] || return 0
-  case "$1" in
-    hbase)
-      local p
-      for p in "$HBASE_ZK_PORT" 16000; do
-        port_open "$p" && die "hbase: port $p is taken by a process this script did not start"
-      done
-      hbase_cmd master 4g -XX:MaxDirectMemorySize=1g org.apache.hadoop.hbase.master.HMaster start
-      spawn hbase "$LOG_DIR/hbase.out" "${HBASE_CMD[@]}"
-      HBASE_STARTED=1
-      ;;
-    thrift)
-      port_open "$THRIFT_PORT" && die "thrift: port $THRIFT_PORT is taken by a process this script did not start"
-      hbase_cmd thrift 1g org.apache.hadoop.hbase.thrift2.ThriftServer -b 127.0.0.1 -p "$THRIFT_PORT" start
-      spawn thrift "$LOG_DIR/thrift.out" "${HBASE_CMD[@]}"
-      THRIFT_STARTED=1
-      ;;
-    rest)
-      port_open "$REST_PORT" && die "rest: port $REST_PORT is taken by a process this script did not start"
-      hbase_cmd rest 256m org.apache.hadoop.hbase.rest.RESTServer -p "$REST_PORT" start
-      spawn rest "$LOG_DIR/rest.out" "${HBASE_CMD[@]}"
-      REST_STARTED=1
-      ;;
-  esac
+  hbase_prepare
+  spawn_hbase_server "$1"
 }
 
 cmd_up() {
