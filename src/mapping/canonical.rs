@@ -91,6 +91,10 @@ pub struct MapContext {
     pub epoch_ms: u64,
     /// Version for tables without a version column (the phase's source time).
     pub default_version_ms: u64,
+    /// The lowest version the row may carry: diff stamps each change above
+    /// the previous one (see `pipeline::diff::clock`), so that a delete or a
+    /// NULL written in the same second as a later state cannot hide it.
+    pub min_version_ms: u64,
 }
 
 fn num(name: &'static str, v: u64) -> Cell {
@@ -218,6 +222,13 @@ pub fn canonical(
     row: &[SrcVal],
     ctx: &MapContext,
 ) -> Result<Canonical, Rejection> {
+    let mut c = source_form(kind, row, ctx)?;
+    c.version_ms = c.version_ms.max(ctx.min_version_ms);
+    Ok(c)
+}
+
+/// The row with its source version.
+fn source_form(kind: EntityKind, row: &[SrcVal], ctx: &MapContext) -> Result<Canonical, Rejection> {
     match kind {
         EntityKind::Message => {
             let message_id = req_u64(row, 0, "message_id")?;
@@ -361,6 +372,7 @@ mod tests {
             salt_buckets: 16,
             epoch_ms: 1_262_304_000_000,
             default_version_ms: 1_700_000_000_000,
+            min_version_ms: 0,
         }
     }
 

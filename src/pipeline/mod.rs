@@ -4,6 +4,7 @@
 //! Kafka ([`runlog`]) and a local cache of it (`crate::checkpoint`).
 
 pub mod base;
+pub mod clock;
 pub mod commit;
 pub mod diff;
 pub mod lane;

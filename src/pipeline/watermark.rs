@@ -11,6 +11,13 @@
 //! full-state event for Kafka (at-least-once there). Hard deletes, equal
 //! timestamps, clock skew and long transactions are blind spots (README);
 //! `verify` finds what this misses.
+//!
+//! The checkpointed watermark never passes the source's clock at the start
+//! of the run: a row whose version lies in the future (a broken client
+//! clock) is written, but would otherwise lift the watermark past every row
+//! changed until that date and freeze the mode. Rows above it are read again
+//! by every run. HBase writes are stamped by the write clock
+//! (`pipeline::clock`), saved in the checkpoint.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,6 +28,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::base::now_ms;
+use super::clock::WriteClock;
 use super::commit::{blocking, Committer, HbaseLane, Marker, RetryPolicy};
 use super::diff::batch::{all_null, Batch, Dest};
 use super::runlog::{sanitize, source_identity};
@@ -60,6 +68,9 @@ struct Checkpoint {
     run: String,
     database: String,
     tables: BTreeMap<String, Watermark>,
+    /// The last HBase timestamp written (`pipeline::clock`).
+    #[serde(default)]
+    clock_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -83,6 +94,9 @@ pub struct WatermarkSummary {
     pub applied: BTreeMap<String, BTreeMap<&'static str, u64>>,
     pub applied_total: u64,
     pub dead_lettered: u64,
+    /// Rows read with a version after the source's clock (written; the
+    /// watermark stays at the clock, so they are read again next run).
+    pub future_rows: u64,
     pub dead_letter_reasons: BTreeMap<String, BTreeMap<String, u64>>,
     /// Now minus the version of the last row written (seconds).
     pub lag_s: f64,
@@ -149,6 +163,12 @@ pub async fn run(cfg: Config, opts: WatermarkOptions) -> Result<WatermarkSummary
     let local: Option<Checkpoint> = read_json(&checkpoint_path)?;
     // Per table, the furthest of the local checkpoint and the committed markers.
     let mut resume: BTreeMap<String, Watermark> = BTreeMap::new();
+    let saved_clock = markers
+        .iter()
+        .chain(local.iter())
+        .map(|c| c.clock_ms)
+        .max()
+        .unwrap_or(0);
     for c in markers.iter().chain(local.iter()) {
         for (t, w) in &c.tables {
             let e = resume.entry(t.clone()).or_insert(*w);
@@ -221,10 +241,22 @@ pub async fn run(cfg: Config, opts: WatermarkOptions) -> Result<WatermarkSummary
 
     let (interrupted, _) = super::on_interrupt("finishing the page in hand");
 
-    let ctx = MapContext {
+    let mut clock = WriteClock::restart(saved_clock, 0, now_ms());
+    // The watermark never passes the source's clock at the start (module comment).
+    let source_now_s: u64 = sqlx::query_scalar("SELECT CAST(UNIX_TIMESTAMP() AS UNSIGNED)")
+        .fetch_one(&pool)
+        .await
+        .map_err(|e| Error::mysql("read the source's clock", e))?;
+    let cap = Watermark {
+        version_s: source_now_s,
+        id: 0,
+    };
+    let mut future_rows = 0u64;
+    let mut ctx = MapContext {
         salt_buckets: cfg.hbase.salt_buckets,
         epoch_ms: cfg.ids.epoch_ms,
         default_version_ms: 0,
+        min_version_ms: 0,
     };
     let spec = mapping::spec(EntityKind::Message);
     let mut committed: BTreeMap<String, Watermark> = from.clone();
@@ -309,6 +341,10 @@ pub async fn run(cfg: Config, opts: WatermarkOptions) -> Result<WatermarkSummary
                     other => other.as_i64().unwrap_or(0).max(0) as u64,
                 };
                 end = Watermark { version_s, id };
+                if end > cap {
+                    future_rows += 1;
+                }
+                ctx.min_version_ms = clock.floor();
                 let position = Position::Watermark { version_s, id }.to_string();
                 let origin = event::Origin {
                     phase: "diff",
@@ -328,6 +364,7 @@ pub async fn run(cfg: Config, opts: WatermarkOptions) -> Result<WatermarkSummary
                         page_dead += 1;
                     }
                     Ok(c) => {
+                        clock.observe(c.version_ms);
                         // No before image: a NULL column may have held a
                         // value, so every version of it up to the row's goes.
                         batch.event(d.topic, c.partition_key, ev);
@@ -337,11 +374,12 @@ pub async fn run(cfg: Config, opts: WatermarkOptions) -> Result<WatermarkSummary
                 }
             }
             let mut next = committed.clone();
-            next.insert(t.source.clone(), end);
+            next.insert(t.source.clone(), end.min(cap));
             let marker = Checkpoint {
                 run: opts.run_id.clone(),
                 database: database.clone(),
                 tables: next.clone(),
+                clock_ms: clock.last(),
             };
             batch.marker = Some(Marker {
                 key: mkey.clone(),
@@ -381,6 +419,13 @@ pub async fn run(cfg: Config, opts: WatermarkOptions) -> Result<WatermarkSummary
             }
         }
     }
+    if future_rows > 0 {
+        tracing::warn!(
+            rows = future_rows,
+            source_now_s,
+            "rows with a version in the future (after the source's clock): written, but the watermark stays at the source's clock, so every run reads them again; fix their send_time/update_time"
+        );
+    }
     let was_interrupted = interrupted.load(Ordering::SeqCst);
     let elapsed = started.elapsed().as_secs_f64();
     let applied_total: u64 = applied.values().flat_map(|m| m.values()).sum();
@@ -407,6 +452,7 @@ pub async fn run(cfg: Config, opts: WatermarkOptions) -> Result<WatermarkSummary
         applied,
         applied_total,
         dead_lettered: dead_count,
+        future_rows,
         dead_letter_reasons: dead::reasons(&dead_path)?,
         lag_s: last_version_s.map_or(0.0, |v| (now_ms() as f64 / 1000.0 - v as f64).max(0.0)),
         elapsed_s: elapsed,

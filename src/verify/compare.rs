@@ -244,6 +244,7 @@ mod tests {
             salt_buckets: 4,
             epoch_ms: 1_262_304_000_000,
             default_version_ms: 0,
+            min_version_ms: 0,
         };
         let c = canonical(EntityKind::Message, &row, &ctx).unwrap();
         crate::verify::source::hash_row(&mut RowHasher::default(), "message", c)

@@ -256,11 +256,15 @@ pub async fn run(cfg: Config, opts: VerifyOptions) -> Result<VerifySummary> {
     let rooms = Arc::new(crate::mapping::Rooms::for_kinds(&pool, &kinds).await?);
     let src = Arc::new(Source {
         pool,
-        // Tables without a version column get "now": only a repair writes it.
+        // Tables without a version column: the millisecond before the second
+        // verify started in (only a repair writes it). Every source change made
+        // after verify read the row has a binlog time at or above that second,
+        // so a diff write of it is stamped above the repair's.
         ctx: MapContext {
             salt_buckets: cfg.hbase.salt_buckets,
             epoch_ms: cfg.ids.epoch_ms,
-            default_version_ms: now_ms(),
+            default_version_ms: (now_ms() / 1000 * 1000).saturating_sub(1),
+            min_version_ms: 0,
         },
         rooms,
         message_max_bytes: cfg.kafka.message_max_bytes,

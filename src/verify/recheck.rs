@@ -91,7 +91,7 @@ impl Ctx {
         Ok(out)
     }
 
-    async fn repair_hbase(&self, problems: Vec<Problem>, stamp: Option<u64>) -> Result<u64> {
+    async fn repair_hbase(&self, problems: Vec<Problem>, at_least: Option<u64>) -> Result<u64> {
         if problems.is_empty() {
             return Ok(0);
         }
@@ -107,7 +107,7 @@ impl Ctx {
                         hbase_table: &t.hbase_table,
                         kind: kinds[i],
                     };
-                    n += repair::hbase(&mut c, &cfg, &r, &mine, stamp)?;
+                    n += repair::hbase(&mut c, &cfg, &r, &mine, at_least)?;
                 }
             }
             Ok(n)
@@ -148,11 +148,18 @@ impl Ctx {
             .cloned()
             .collect();
         if !hidden.is_empty() {
+            // A delete marker above their source version hides them (a row
+            // deleted by hand "as of now"). They are written once more at the
+            // millisecond before the second verify started: below the binlog
+            // time of every change made after verify read them, so a later
+            // diff write still wins (see `repair`).
+            let at = self.src.ctx.default_version_ms;
             tracing::warn!(
                 rows = hidden.len(),
-                "rows hidden by a newer HBase delete marker: rewriting them stamped now"
+                stamp_ms = at,
+                "rows hidden by an HBase delete marker above their source version: rewriting them at the time verify read the source"
             );
-            hbase_rows += self.repair_hbase(hidden, Some(now_ms())).await?;
+            hbase_rows += self.repair_hbase(hidden, Some(at)).await?;
             remaining = self.recheck(drills, &remaining).await?;
         }
         Ok((

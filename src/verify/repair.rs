@@ -5,9 +5,15 @@
 //! "as of now", and no version the canonical row writes is ever deleted);
 //! then the canonical row is put with its source version. A cell stamped
 //! with the canonical version is simply overwritten by the put. Extra rows
-//! lose exactly their stored versions. A row still missing after that was
-//! hidden by a delete marker newer than its version (someone deleted it "as
-//! of now"): it is written once more, stamped with the current time.
+//! lose exactly their stored versions. Puts carry the row's source version
+//! (tables without one: the millisecond before the second verify started).
+//! A row still missing after that is hidden by a delete marker above its
+//! version (deleted by hand "as of now"); it is written once more at that
+//! same millisecond before verify's start, never later: every change made
+//! after verify read the row has a binlog time at or above that second, and
+//! diff stamps its writes at or above their binlog time
+//! (`pipeline::clock`), so a later diff write always wins over a repair. A
+//! row hidden by a marker newer than that stays reported.
 //!
 //! Kafka: a full-state event (phase `repair`) for each missing or different
 //! row, a hard-delete event for each extra key (sent to the partition that
@@ -49,15 +55,14 @@ pub struct HbaseRepair<'a> {
     pub kind: EntityKind,
 }
 
-/// Repairs one table's HBase problems; returns the rows touched. `stamp`
-/// overrides the source version of the puts: a row that a delete marker
-/// "as of now" hides can only be rewritten above that marker.
+/// Repairs one table's HBase problems; returns the rows touched. The puts
+/// are stamped at least `at_least` (see the module comment).
 pub fn hbase(
     client: &mut HbaseClient,
     cfg: &Config,
     t: &HbaseRepair<'_>,
     problems: &[&Problem],
-    stamp: Option<u64>,
+    at_least: Option<u64>,
 ) -> Result<u64> {
     let family = cfg.hbase.column_family.as_bytes();
     let mut deletes = Vec::new();
@@ -71,25 +76,24 @@ pub fn hbase(
         match (p.kind, &p.source) {
             (Kind::Missing | Kind::Different, Some(s)) => {
                 let mut c = s.c.clone();
-                if let Some(ts) = stamp {
-                    c.version_ms = ts;
-                }
+                c.version_ms = c.version_ms.max(at_least.unwrap_or(0));
+                let c = &c;
                 if let Some((r, row_key)) = found_at {
                     let stale = if *row_key == c.row_key {
-                        stale_cells(&c, r)
+                        stale_cells(c, r)
                     } else {
                         r.cells.iter().map(|c| (c.name.clone(), c.ts)).collect()
                     };
                     deletes.extend(delete_versions(row_key, family, &stale));
                 }
-                puts.push(cells::put(&c, family));
+                puts.push(cells::put(c, family));
                 if let (EntityKind::Message, Some((legacy, new_id, room))) = (t.kind, c.id_pair) {
                     id_puts.extend(cells::id_map_puts(
                         legacy,
                         new_id,
                         room,
                         cfg.hbase.salt_buckets,
-                        cfg.ids.epoch_ms,
+                        c.version_ms,
                         family,
                     ));
                 }

@@ -207,6 +207,15 @@ impl Job {
 
     /// Every committed event of `source`'s topic, in order.
     pub fn kafka_all(&self, source: &str) -> Vec<serde_json::Value> {
+        self.kafka_all_in_partitions(source)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    /// Every committed event of `source`'s topic with its partition, in order
+    /// within each partition.
+    pub fn kafka_all_in_partitions(&self, source: &str) -> Vec<(i32, serde_json::Value)> {
         let topic = self.config.table(source).unwrap().topic.clone();
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", BROKERS)
@@ -250,18 +259,41 @@ impl Job {
             assert!(Instant::now() < deadline, "timed out reading {topic}");
             if let Some(m) = consumer.poll(Duration::from_millis(200)) {
                 let m = m.unwrap();
-                out.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+                out.push((
+                    m.partition(),
+                    serde_json::from_slice(m.payload().unwrap()).unwrap(),
+                ));
             }
         }
         out
     }
 
-    /// Latest committed event per key.
+    /// Latest committed event per key: per partition (a key's events of one
+    /// room are in one partition, in order), the live one where a partition
+    /// holds the key live (a message moved to another room is removed from
+    /// its old room's partition). A key live in two partitions is a duplicate.
     pub fn kafka_events(&self, source: &str) -> HashMap<String, serde_json::Value> {
-        self.kafka_all(source)
-            .into_iter()
-            .map(|v| (v["key"].as_str().unwrap().to_string(), v))
-            .collect()
+        let mut latest: HashMap<(String, i32), serde_json::Value> = HashMap::new();
+        for (p, v) in self.kafka_all_in_partitions(source) {
+            latest.insert((v["key"].as_str().unwrap().to_string(), p), v);
+        }
+        let mut out: HashMap<String, serde_json::Value> = HashMap::new();
+        for ((k, p), v) in latest {
+            let live = !v["data"].is_null();
+            match out.get(&k) {
+                Some(prev) if !prev["data"].is_null() => {
+                    assert!(
+                        !live,
+                        "{source} key {k} live in two partitions (one is {p})"
+                    );
+                }
+                Some(_) if !live => {}
+                _ => {
+                    out.insert(k, v);
+                }
+            }
+        }
+        out
     }
 
     pub fn kafka_event_count(&self, source: &str) -> u64 {
@@ -301,6 +333,7 @@ impl Job {
             salt_buckets: self.config.hbase.salt_buckets,
             epoch_ms: self.config.ids.epoch_ms,
             default_version_ms: self.start_ts_ms(),
+            min_version_ms: 0,
         };
         let pool = sqlx::mysql::MySqlPoolOptions::new()
             .after_connect(|c, _| {
@@ -357,7 +390,7 @@ impl Job {
                     cells,
                 );
                 if let Some((legacy, new_id, room)) = c.id_pair {
-                    let ts = falcon_migrate::mapping::ids::id_millis(new_id, ctx.epoch_ms) as i64;
+                    let ts = c.version_ms as i64;
                     let m = &self.config.hbase.id_map_table;
                     out.insert(
                         format!(
@@ -640,6 +673,7 @@ impl Job {
             salt_buckets: self.config.hbase.salt_buckets,
             epoch_ms: self.config.ids.epoch_ms,
             default_version_ms: 0,
+            min_version_ms: 0,
         };
         let pool = self.pool().await;
         let t = self.config.table(source).unwrap();

@@ -159,7 +159,7 @@ impl Work for ChunkWork<'_> {
                                     new_id,
                                     room,
                                     sh.ctx.salt_buckets,
-                                    sh.ctx.epoch_ms,
+                                    c.version_ms,
                                     family,
                                 );
                             }

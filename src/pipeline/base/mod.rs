@@ -328,6 +328,7 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
             salt_buckets: cfg.hbase.salt_buckets,
             epoch_ms: cfg.ids.epoch_ms,
             default_version_ms: record.start_ts_ms,
+            min_version_ms: 0,
         },
         scope: scope.clone(),
         done: Mutex::new(run_dir.done_log()?),

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::mapping::{self, Admission, MapContext};
 use crate::pipeline::base::now_ms;
+use crate::pipeline::clock::WriteClock;
 use crate::pipeline::commit::{Committer, Marker};
 use crate::position::Position;
 use crate::sink::kafka::event;
@@ -32,6 +33,8 @@ pub(super) struct Applier {
     pub(super) pool: sqlx::mysql::MySqlPool,
     pub(super) committer: Committer,
     pub(super) floor_ms: u64,
+    /// The HBase timestamp of every change (see `pipeline::clock`).
+    pub(super) clock: WriteClock,
     pub(super) checkpoint_path: PathBuf,
     /// The checkpoint: a position, and changes of the transaction there
     /// already applied (non-zero only inside a transaction applied in parts).
@@ -49,11 +52,14 @@ pub(super) struct Applier {
 }
 
 impl Applier {
-    fn ctx(&self, ts_s: u32) -> MapContext {
+    /// The mapping context of a change at `ts_s` whose writes are stamped at
+    /// or above `min_version_ms`.
+    fn ctx(&self, ts_s: u32, min_version_ms: u64) -> MapContext {
         MapContext {
             salt_buckets: self.cfg.hbase.salt_buckets,
             epoch_ms: self.cfg.ids.epoch_ms,
             default_version_ms: (u64::from(ts_s) * 1000).max(self.floor_ms),
+            min_version_ms,
         }
     }
 
@@ -83,6 +89,7 @@ impl Applier {
             position: at.0.clone(),
             skip: at.1,
             version_floor_ms: self.floor_ms,
+            clock_ms: self.clock.last(),
         }
     }
 
@@ -173,13 +180,15 @@ impl Applier {
             id_map_table: &id_map,
             family: family.as_bytes(),
         };
-        let ctx = self.ctx(ch.ts_s);
+        let event_ms = u64::from(ch.ts_s) * 1000;
+        // The old state goes at one stamp, the new one at a higher stamp:
+        // both above every earlier change (see `pipeline::clock`).
+        let old_ctx = self.ctx(ch.ts_s, event_ms.max(self.clock.floor()));
         let origin = event::Origin {
             phase: "diff",
             run: &self.run_id,
             position: &ch.position,
         };
-        let event_ms = u64::from(ch.ts_s) * 1000;
         let image = match ch.op {
             Op::Delete => ch.before.as_ref(),
             _ => ch.after.as_ref(),
@@ -205,7 +214,11 @@ impl Applier {
         let before = ch
             .before
             .as_ref()
-            .and_then(|b| mapping::canonical(kind, b, &ctx).ok());
+            .and_then(|b| mapping::canonical(kind, b, &old_ctx).ok());
+        if let Some(b) = &before {
+            self.clock.observe(b.version_ms);
+        }
+        let ctx = self.ctx(ch.ts_s, event_ms.max(self.clock.floor()));
         let dead_line = |why: mapping::Rejection| -> Result<Vec<u8>> {
             let mut line = DeadLetter::new(table, spec, image, why);
             line.position = Some(ch.position.clone());
@@ -213,13 +226,12 @@ impl Applier {
             line.encode()
         };
         if ch.op == Op::Delete {
-            let b = match mapping::canonical(kind, image, &ctx) {
+            let b = match mapping::canonical(kind, image, &old_ctx) {
                 Ok(b) => b,
                 // The same mapping kept the row out of the targets: nothing to remove.
                 Err(why) => return Ok(Err(dead_line(why)?)),
             };
-            let at = event_ms.max(b.version_ms);
-            batch.remove_row(&b, at, &d, &ctx, true, Some(&origin));
+            batch.remove_row(&b, b.version_ms, &d, &ctx, true, Some(&origin));
             return Ok(Ok(label));
         }
         let mut ev = Vec::with_capacity(512);
@@ -233,8 +245,7 @@ impl Applier {
                 // The new state cannot be written: the old one must not stay
                 // live in the targets as if nothing had changed.
                 if let Some(b) = &before {
-                    let at = event_ms.max(b.version_ms);
-                    batch.remove_row(b, at, &d, &ctx, true, Some(&origin));
+                    batch.remove_row(b, b.version_ms, &d, &ctx, true, Some(&origin));
                     why.detail
                         .push_str("; the row's previous state was removed from the targets");
                 }
@@ -246,15 +257,18 @@ impl Applier {
             if b.row_key != c.row_key {
                 // A key column changed (a message moved to another room, or
                 // its send time was edited): the old row goes away.
-                let at = event_ms.max(b.version_ms);
-                let event = (b.key != c.key).then_some(&origin);
-                batch.remove_row(b, at, &d, &ctx, b.key != c.key, event);
+                // A removal event too when the key or the partition changes:
+                // a moved message leaves its old room's stream.
+                let event =
+                    (b.key != c.key || b.partition_key != c.partition_key).then_some(&origin);
+                batch.remove_row(b, b.version_ms, &d, &ctx, b.key != c.key, event);
             } else {
                 gone = nulled(b, &c);
             }
         } else if ch.op == Op::Update {
             gone = all_null(&c);
         }
+        self.clock.observe(c.version_ms);
         batch.event(d.topic, c.partition_key, ev);
         batch.put_row(&c, &d, &ctx, &gone);
         Ok(Ok(label))

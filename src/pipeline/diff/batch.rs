@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::Result;
-use crate::mapping::{ids, keys, Canonical, MapContext};
+use crate::mapping::{keys, Canonical, MapContext};
 use crate::pipeline::commit::{HbaseJob, Marker, Unit, Work};
 use crate::sink::hbase::cells;
 use crate::sink::hbase::thrift2::{TDelete, TPut};
@@ -71,7 +71,7 @@ impl Batch {
                     new_id,
                     room,
                     ctx.salt_buckets,
-                    ctx.epoch_ms,
+                    c.version_ms,
                     d.family,
                 ));
         }
@@ -95,7 +95,6 @@ impl Batch {
             .or_default()
             .push(cells::row_delete(&b.row_key, at));
         if let Some((legacy, new_id, _)) = b.id_pair {
-            let at = at.max(ids::id_millis(new_id, ctx.epoch_ms));
             let del = self.deletes.entry(d.id_map_table.to_string()).or_default();
             del.push(cells::row_delete(
                 &keys::id_map_new(ctx.salt_buckets, new_id),

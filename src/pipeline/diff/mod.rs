@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::clock::WriteClock;
 use super::commit::{Committer, HbaseLane, RetryPolicy};
 use crate::checkpoint::{dead, read_json, JsonlAppender, StateDir};
 use crate::config::{Config, EntityKind};
@@ -56,6 +57,10 @@ pub struct Checkpoint {
     pub skip: u64,
     /// Lowest version given to rows of tables without a version column.
     pub version_floor_ms: u64,
+    /// The last HBase timestamp written (`pipeline::clock`): a resumed run
+    /// stamps above it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub clock_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -235,6 +240,11 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
         schema,
         committer,
         floor_ms: begun.floor_ms,
+        clock: WriteClock::restart(
+            begun.clock_ms,
+            begun.floor_ms,
+            crate::pipeline::base::now_ms(),
+        ),
         checkpoint_path: checkpoint_path.clone(),
         committed: (start.clone(), begun.skip),
         seen: (start.clone(), begun.skip),

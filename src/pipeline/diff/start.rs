@@ -26,6 +26,8 @@ pub(super) struct Begun {
     /// The start is the run's own checkpoint (not `--from` nor the base's).
     pub(super) from_checkpoint: bool,
     pub(super) floor_ms: u64,
+    /// The write clock saved by the checkpoint resumed from (0: none).
+    pub(super) clock_ms: u64,
     pub(super) producer: TxProducer,
     pub(super) txn_id: String,
     pub(super) marker_key: String,
@@ -175,6 +177,8 @@ pub(super) async fn begin(
         skip,
         from_checkpoint,
         floor_ms,
+        // Even with --from: never stamp below what this run wrote before.
+        clock_ms: resume.as_ref().map_or(0, |c| c.clock_ms),
         producer,
         txn_id,
         marker_key,
@@ -199,6 +203,7 @@ mod tests {
             position: pos(off),
             skip: 0,
             version_floor_ms: 77,
+            clock_ms: 0,
         }
     }
 

@@ -8,7 +8,7 @@
 //! a newer write leaves the newer cells alone.
 
 use super::thrift2::{TColumn, TColumnValue, TDelete, TDeleteType, TPut};
-use crate::mapping::{ids, keys, Canonical};
+use crate::mapping::{keys, Canonical};
 
 /// HBase's `LATEST_TIMESTAMP`: a delete stamped with it removes every version
 /// written so far.
@@ -43,16 +43,17 @@ pub fn put(c: &Canonical, family: &[u8]) -> TPut {
 }
 
 /// The two id-map rows of a message (legacy → new and room; new → legacy),
-/// stamped with the id's own time: they never change.
+/// stamped like the message row (`version_ms`): a message moved to another
+/// room or re-timed gets a new id-map state that wins over the old one.
 pub fn id_map_puts(
     legacy: u64,
     new_id: u64,
     room_id: u64,
     buckets: u16,
-    epoch_ms: u64,
+    version_ms: u64,
     family: &[u8],
 ) -> [TPut; 2] {
-    let ts = Some(ids::id_millis(new_id, epoch_ms) as i64);
+    let ts = Some(version_ms as i64);
     let (legacy_s, new_s, room_s) = (legacy.to_string(), new_id.to_string(), room_id.to_string());
     [
         put_cells(

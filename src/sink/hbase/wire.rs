@@ -10,7 +10,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
 
 use crate::error::{Error, Result};
-use crate::mapping::{ids, keys, Canonical};
+use crate::mapping::{keys, Canonical};
 
 const T_STOP: u8 = 0;
 const T_BOOL: u8 = 2;
@@ -109,10 +109,10 @@ impl PutBuf {
         new_id: u64,
         room_id: u64,
         buckets: u16,
-        epoch_ms: u64,
+        version_ms: u64,
         family: &[u8],
     ) {
-        let ts = ids::id_millis(new_id, epoch_ms) as i64;
+        let ts = version_ms as i64;
         self.begin_put(&keys::id_map_legacy(buckets, legacy), 2);
         self.cell(family, b"new_id", new_id.to_string().as_bytes(), ts);
         self.cell(family, b"room_id", room_id.to_string().as_bytes(), ts);
@@ -362,6 +362,7 @@ mod tests {
             salt_buckets: 16,
             epoch_ms: 1_262_304_000_000,
             default_version_ms: 0,
+            min_version_ms: 0,
         };
         let row = vec![
             SrcVal::UInt(42),
@@ -375,13 +376,20 @@ mod tests {
         let c = canonical(crate::config::EntityKind::Message, &row, &ctx).unwrap();
         let mut buf = PutBuf::default();
         buf.push_canonical(&c, b"d");
-        buf.push_id_map(42, 99, 1001, 16, ctx.epoch_ms, b"d");
+        buf.push_id_map(42, 99, 1001, 16, 1_500_000_000_000, b"d");
 
         let mut expected = Vec::new();
         {
             let mut p = TBinaryOutputProtocol::new(&mut expected, true);
             let mut puts = vec![cells::put(&c, b"d")];
-            puts.extend(cells::id_map_puts(42, 99, 1001, 16, ctx.epoch_ms, b"d"));
+            puts.extend(cells::id_map_puts(
+                42,
+                99,
+                1001,
+                16,
+                1_500_000_000_000,
+                b"d",
+            ));
             p.write_list_begin(&TListIdentifier::new(TType::Struct, puts.len() as i32))
                 .unwrap();
             for put in &puts {

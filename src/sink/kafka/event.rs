@@ -138,6 +138,7 @@ mod tests {
             salt_buckets: 16,
             epoch_ms: 1_262_304_000_000,
             default_version_ms: 0,
+            min_version_ms: 0,
         };
         let c = canonical(EntityKind::Message, &row, &ctx).unwrap();
         let mut out = Vec::new();
