@@ -145,3 +145,11 @@ impl Progress {
         let _ = self.multi.clear();
     }
 }
+
+/// Peak resident memory of this process in MiB (Linux `VmHWM`; None elsewhere).
+pub fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}

@@ -5,9 +5,10 @@
 //! and `--resume` then finishes at once. Every server stopped here is started
 //! again by a guard, even when the test fails, so the stack is left up.
 //!
-//! `diff --follow` rides out MariaDB (the binlog stream is reopened from the
-//! last transaction boundary) and Kafka restarts; after a MariaDB crash with
-//! no write since, `diff --until-now` finishes.
+//! Each of MariaDB, Kafka, the Thrift gateway and HBase itself is restarted
+//! during base, during verify and during `diff --follow` (the binlog stream
+//! is reopened from the last transaction boundary); after a MariaDB crash
+//! with no write since, `diff --until-now` finishes.
 //!
 //! These tests stop servers that every other test uses: run them alone, one
 //! at a time (`--test-threads=1`), holding the stack's lock.
@@ -278,6 +279,14 @@ async fn base_survives_a_mariadb_restart() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base_survives_an_hbase_restart() {
+    // HBase itself (master, region server and ZooKeeper of the standalone
+    // server) killed and started again: the gateway's calls fail until the
+    // regions are open again, and the chunks are retried.
+    base_rides_out("f_hbase", "hbase", Duration::from_secs(3), "retrying", true).await;
+}
+
 /// The gateway stays down past a short retry budget: exit 4 naming it, the
 /// acknowledged chunks kept; once it is back, `--resume` finishes at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,6 +371,16 @@ async fn verify_survives_a_kafka_restart() {
     verify_rides_out("f_vkafka", "kafka", Duration::from_secs(3)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_survives_an_hbase_restart() {
+    verify_rides_out("f_vhbase", "hbase", Duration::from_secs(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_survives_a_mariadb_restart() {
+    verify_rides_out("f_vmariadb", "mariadb", Duration::from_secs(3)).await;
+}
+
 /// Waits until the running diff has committed a checkpoint at or past the
 /// source's binlog position now.
 async fn wait_caught_up(job: &Job) {
@@ -392,7 +411,7 @@ async fn wait_caught_up(job: &Job) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn diff_follow_rides_out_mariadb_and_kafka_restarts() {
+async fn diff_follow_rides_out_mariadb_kafka_thrift_and_hbase_restarts() {
     let job = Job::new("f_follow", 5_000, false).await;
     let out = job.base(&["--workers", "2", "--chunk-rows", "1000"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -419,6 +438,17 @@ async fn diff_follow_rides_out_mariadb_and_kafka_restarts() {
         down.start();
     }
     wait_caught_up(&job).await;
+
+    // The Thrift gateway, then HBase itself, killed while changes arrive:
+    // the batches are retried until they are back.
+    for server in ["thrift", "hbase"] {
+        let mut down = Down::kill(server);
+        job.churn(300.0, 1.0, 64).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        down.start();
+        drop(down);
+        wait_caught_up(&job).await;
+    }
     assert!(!follow.exited(), "diff --follow stopped");
 
     if let Some(c) = follow.child.as_ref() {
@@ -429,7 +459,7 @@ async fn diff_follow_rides_out_mariadb_and_kafka_restarts() {
     let f = follow.finish(Duration::from_secs(60));
     assert_eq!(
         f.code, 0,
-        "diff --follow survived both restarts: {}",
+        "diff --follow survived the four restarts: {}",
         f.stderr
     );
     assert!(f.stderr.contains("binlog stream reopened"), "{}", f.stderr);

@@ -29,7 +29,9 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
         .map_err(|e| cp_err(dir, e))
 }
 
-fn private_file(p: &Path, append: bool) -> Result<File> {
+/// Opens `p` readable by the owner only (created 0600), for appending or
+/// truncated.
+pub fn private_file(p: &Path, append: bool) -> Result<File> {
     let mut o = OpenOptions::new();
     o.create(true).mode(0o600);
     if append {

@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use dead::DeadLetter;
-pub use files::{read_json, read_jsonl, write_json_atomic, JsonlAppender};
+pub use files::{
+    create_private_dir, private_file, read_json, read_jsonl, write_json_atomic, JsonlAppender,
+};
 
 use crate::error::Result;
 use crate::position::Position;

@@ -45,6 +45,40 @@ mod tests {
         assert_eq!(id_millis(a, EPOCH) / 1000, 1_400_000_000);
     }
 
+    /// The inverse of `new_message_id` where it is defined: an id decodes back
+    /// to its (send time, legacy id), so two rows with different ones differ.
+    fn decode(id: u64) -> (u64, u64) {
+        let ms = id >> 22;
+        let hi = ms % 1000;
+        (
+            (ms - hi) / 1000 + EPOCH / 1000,
+            (hi << 22) | (id & ((1 << 22) - 1)),
+        )
+    }
+
+    #[test]
+    fn ids_collide_only_where_the_readme_says() {
+        let wrap_s = (EPOCH + (1 << 41)) / 1000;
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..200_000 {
+            x = mix64(x);
+            let legacy = x % (1000 << 22);
+            let send = EPOCH / 1000 + (mix64(x) % (wrap_s - 1 - EPOCH / 1000));
+            assert_eq!(decode(new_message_id(legacy, send, EPOCH)), (send, legacy));
+        }
+        let t = 1_500_000_000;
+        // Legacy ids from 1000 << 22 spill into the next second.
+        assert_eq!(
+            new_message_id(1000 << 22, t, EPOCH),
+            new_message_id(0, t + 1, EPOCH)
+        );
+        // Send times before the epoch clamp to it: the id is the legacy id.
+        assert_eq!(new_message_id(77, 0, EPOCH), 77);
+        assert_eq!(new_message_id(77, 1_000_000_000, EPOCH), 77);
+        // From 2^41 ms after the epoch, ids wrap.
+        assert!(new_message_id(1, wrap_s + 1, EPOCH) < new_message_id(1, wrap_s - 1, EPOCH));
+    }
+
     #[test]
     fn same_second_ids_differ_by_legacy_id() {
         let t = 1_500_000_000;

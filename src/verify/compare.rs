@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::rows::{Locator, SourceRow, Target, TargetRow};
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Missing,

@@ -25,6 +25,41 @@ use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::pipeline::commit::{retry_blocking, RetryPolicy};
 
+/// Removes the spill files of verify runs no longer alive (a run killed
+/// with -9 leaves its files; their names carry the process id).
+pub fn remove_stale_spills(dir: &std::path::Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix("falcon-verify-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if name.ends_with(".spill")
+                && (pid == std::process::id()
+                    || !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// Removes this run's spill files and exits 130 on Ctrl-C or SIGTERM:
+/// verify writes nothing that a stop in the middle leaves half done (a
+/// repair's Kafka transaction is aborted; its HBase puts are idempotent).
+pub fn clean_spills_on_interrupt(dir: std::path::PathBuf) {
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        if crate::pipeline::next_signal(&mut term).await {
+            remove_stale_spills(&dir);
+            tracing::warn!("verify interrupted: spill files removed, nothing reported");
+            std::process::exit(crate::error::exit::INTERRUPTED);
+        }
+    });
+}
+
 /// How long an open transaction may hold back the end of a partition.
 const OPEN_TX_WAIT: Duration = Duration::from_secs(70);
 
@@ -443,9 +478,10 @@ fn fold_partition(
     let io = |e: std::io::Error| Error::io(format!("spill file in {}", spill_dir.display()), e);
     let mut writers: Vec<BufWriter<std::fs::File>> = paths
         .iter()
-        .map(|p| std::fs::File::create(p).map(|f| BufWriter::with_capacity(1 << 16, f)))
-        .collect::<std::io::Result<_>>()
-        .map_err(io)?;
+        .map(|p| {
+            crate::checkpoint::private_file(p, false).map(|f| BufWriter::with_capacity(1 << 16, f))
+        })
+        .collect::<Result<_>>()?;
     tracing::info!(topic = %t.topic, partition = p, events, files, "folding through spill files");
     let result = (|| -> Result<i64> {
         let end = consume(cfg, &t.topic, p, None, |m| {

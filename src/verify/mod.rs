@@ -58,6 +58,8 @@ pub struct VerifyOptions {
     /// Kafka events per partition folded in memory before spilling to disk.
     pub kafka_memory_rows: u64,
     pub spill_dir: PathBuf,
+    /// Source rows (with their target rows) one round of the drill-down holds.
+    pub drill_rows: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -68,17 +70,6 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn of<'a>(ps: impl IntoIterator<Item = &'a Problem>) -> Counts {
-        let mut c = Counts::default();
-        for p in ps {
-            match p.kind {
-                Kind::Missing => c.missing += 1,
-                Kind::Extra => c.extra += 1,
-                Kind::Different => c.different += 1,
-            }
-        }
-        c
-    }
     fn total(&self) -> u64 {
         self.missing + self.extra + self.different
     }
@@ -150,6 +141,10 @@ pub struct VerifySummary {
     pub source_rows_per_s: f64,
     /// Rows found differing at first, cleared by the re-check (changes in flight).
     pub cleared_by_recheck: u64,
+    /// Rounds of the drill-down (each holds at most `--drill-rows` source rows).
+    pub drill_rounds: u64,
+    /// Peak resident memory of the process (Linux `VmHWM`), MiB.
+    pub peak_rss_mib: Option<u64>,
     pub repair: Option<RepairSummary>,
     pub targets: BTreeMap<&'static str, TargetSummary>,
     pub tables: Vec<TableSummary>,
@@ -372,71 +367,51 @@ impl Ctx {
             started.elapsed().as_secs_f64()
         );
 
-        let mut drills: Vec<Drill> = (0..n).map(|_| Drill::default()).collect();
-        let mut found: Vec<Problem> = Vec::new();
-        if mm_h.iter().chain(&mm_k).any(|m| !m.is_empty()) {
-            let both: Vec<HashSet<u32>> = (0..n).map(|i| &mm_h[i] | &mm_k[i]).collect();
-            let (fs, fh, fk) = (
-                self.filters(Some(&both)),
-                self.filters(Some(&mm_h)),
-                self.filters(Some(&mm_k)),
-            );
-            let (ds, dh, dk) = tokio::join!(
-                self.source_pass(&fs),
-                self.hbase_pass(&fh),
-                self.kafka_pass(&fk)
-            );
-            let (ds, dh, dk) = (ds?.0, dh?, dk?);
-            for (i, p) in ds.into_iter().enumerate() {
-                drills[i].src = p.kept;
-            }
-            if let Some((dh, _)) = dh {
-                for (i, p) in dh.into_iter().enumerate() {
-                    drills[i].hbase = p.kept;
-                }
-            }
-            if let Some((dk, _)) = dk {
-                for (i, p) in dk.into_iter().enumerate() {
-                    drills[i].kafka = p.pass.kept;
-                    drills[i].kafka_ends = p.ends;
-                }
-            }
-            for (i, d) in drills.iter().enumerate() {
-                let b = fs[i].buckets;
-                for (target, mm, kept) in [
-                    (Target::Hbase, &mm_h[i], &d.hbase),
-                    (Target::Kafka, &mm_k[i], &d.kafka),
-                ] {
-                    if mm.is_empty() {
-                        continue;
-                    }
-                    let keys: HashSet<&String> = d
-                        .src
-                        .keys()
-                        .filter(|k| mm.contains(&bucket(k, b)))
-                        .chain(kept.keys())
-                        .collect();
-                    found.extend(compare::classify(i, target, keys, &d.src, kept));
-                }
-            }
-        }
-        let first_found = found.len() as u64;
-        if !found.is_empty() {
+        // The drill-down, in rounds of buckets holding at most
+        // `--drill-rows` source rows each (with their target rows): memory
+        // stays bounded whatever the fraction of differing rows. Each round
+        // is drilled, re-checked and repaired on its own; the counts add up,
+        // and the first `--max-report-rows` problems are kept for the report.
+        let mut acc = Found::default();
+        let groups = drill_groups(
+            &(0..n).map(|i| &mm_h[i] | &mm_k[i]).collect::<Vec<_>>(),
+            &src.iter().map(|p| p.rows + p.skipped).collect::<Vec<_>>(),
+            &filters.iter().map(|f| f.buckets).collect::<Vec<_>>(),
+            self.opts.drill_rows,
+        );
+        if groups.len() > 1 {
             tracing::info!(
-                rows = found.len(),
-                "re-checking differing rows in {:?}",
-                self.opts.recheck_delay
+                rounds = groups.len(),
+                drill_rows = self.opts.drill_rows,
+                "drilling down in rounds to stay within --drill-rows"
             );
-            tokio::time::sleep(self.opts.recheck_delay).await;
-            found = self.recheck(&mut drills, &found).await?;
         }
-        let cleared = first_found - found.len() as u64;
-
-        let repair = if self.opts.repair && !found.is_empty() {
-            Some(self.repair(&mut drills, &found).await?)
-        } else {
-            None
-        };
+        for group in &groups {
+            let gh: Vec<HashSet<u32>> = (0..n).map(|i| &group[i] & &mm_h[i]).collect();
+            let gk: Vec<HashSet<u32>> = (0..n).map(|i| &group[i] & &mm_k[i]).collect();
+            let mut drills: Vec<Drill> = (0..n).map(|_| Drill::default()).collect();
+            let mut found = self.drill(&gh, &gk, &mut drills).await?;
+            acc.first_found += found.len() as u64;
+            if !found.is_empty() {
+                tracing::info!(
+                    rows = found.len(),
+                    "re-checking differing rows in {:?}",
+                    self.opts.recheck_delay
+                );
+                tokio::time::sleep(self.opts.recheck_delay).await;
+                found = self.recheck(&mut drills, &found).await?;
+            }
+            let repaired = if self.opts.repair && !found.is_empty() {
+                Some(self.repair(&mut drills, &found).await?)
+            } else {
+                None
+            };
+            acc.add(found, repaired, self.opts.max_report_rows);
+        }
+        acc.rounds = groups.len() as u64;
+        let found = std::mem::take(&mut acc.kept);
+        let cleared = acc.first_found - acc.total();
+        let repair = acc.repair.clone().map(|r| (r, ()));
 
         let report_rows = match &self.opts.report {
             Some(path) => {
@@ -480,8 +455,7 @@ impl Ctx {
             if !on {
                 continue;
             }
-            let mine: Vec<&Problem> = found.iter().filter(|p| p.target == t).collect();
-            let c = Counts::of(mine.iter().copied());
+            let c = acc.counts_of(t, None);
             let rows: u64 = (0..n).map(|i| target_rows(t, i)).sum();
             let secs = secs.unwrap_or(0.0);
             for (i, pt) in per_table.iter_mut().enumerate() {
@@ -490,7 +464,7 @@ impl Ctx {
                     TableTarget {
                         target_rows: target_rows(t, i),
                         mismatched_buckets: mm[i].len() as u64,
-                        counts: Counts::of(mine.iter().copied().filter(|p| p.table == i)),
+                        counts: acc.counts_of(t, Some(i)),
                     },
                 );
             }
@@ -509,11 +483,11 @@ impl Ctx {
                     rows_per_s: rows as f64 / secs.max(1e-9),
                     remaining: repair
                         .as_ref()
-                        .map(|(_, rem)| rem.iter().filter(|p| p.target == t).count() as u64),
+                        .map(|_| acc.remaining.get(&t.as_str()).copied().unwrap_or(0)),
                 },
             );
         }
-        let all = Counts::of(&found);
+        let all = acc.all();
         let tables: Vec<TableSummary> = self
             .tables
             .iter()
@@ -546,10 +520,176 @@ impl Ctx {
             source_elapsed_s: src_s,
             source_rows_per_s: source_read as f64 / src_s.max(1e-9),
             cleared_by_recheck: cleared,
+            drill_rounds: acc.rounds,
+            peak_rss_mib: crate::telemetry::peak_rss_mib(),
             repair: repair.map(|(r, _)| r),
             targets,
             tables,
         })
+    }
+}
+
+/// What the rounds of the drill-down found, added up.
+#[derive(Default)]
+struct Found {
+    /// (table, target, kind) → rows still differing after the re-check.
+    counts: HashMap<(usize, Target, Kind), u64>,
+    /// The first problems, for the report.
+    kept: Vec<Problem>,
+    first_found: u64,
+    repair: Option<RepairSummary>,
+    /// Per target: rows still differing after the repair.
+    remaining: BTreeMap<&'static str, u64>,
+    rounds: u64,
+}
+
+impl Found {
+    fn add(
+        &mut self,
+        found: Vec<Problem>,
+        repaired: Option<(RepairSummary, Vec<Problem>)>,
+        keep: usize,
+    ) {
+        for p in &found {
+            *self.counts.entry((p.table, p.target, p.kind)).or_default() += 1;
+        }
+        if let Some((r, rem)) = repaired {
+            let a = self.repair.get_or_insert(RepairSummary {
+                hbase_rows: 0,
+                kafka_events: 0,
+                remaining: 0,
+            });
+            a.hbase_rows += r.hbase_rows;
+            a.kafka_events += r.kafka_events;
+            a.remaining += r.remaining;
+            for p in &rem {
+                *self.remaining.entry(p.target.as_str()).or_default() += 1;
+            }
+        }
+        let room = keep.saturating_sub(self.kept.len());
+        self.kept.extend(found.into_iter().take(room));
+    }
+
+    fn counts_of(&self, t: Target, table: Option<usize>) -> Counts {
+        let mut c = Counts::default();
+        for ((i, target, kind), n) in &self.counts {
+            if *target != t || table.is_some_and(|x| x != *i) {
+                continue;
+            }
+            match kind {
+                Kind::Missing => c.missing += n,
+                Kind::Extra => c.extra += n,
+                Kind::Different => c.different += n,
+            }
+        }
+        c
+    }
+
+    fn all(&self) -> Counts {
+        let (h, k) = (
+            self.counts_of(Target::Hbase, None),
+            self.counts_of(Target::Kafka, None),
+        );
+        Counts {
+            missing: h.missing + k.missing,
+            extra: h.extra + k.extra,
+            different: h.different + k.different,
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+}
+
+/// The mismatched buckets of every table, grouped into rounds of at most
+/// `budget` estimated source rows (a bucket holds `rows / buckets` of its
+/// table on average; a round has at least one bucket).
+fn drill_groups(
+    mm: &[HashSet<u32>],
+    rows: &[u64],
+    buckets: &[u32],
+    budget: u64,
+) -> Vec<Vec<HashSet<u32>>> {
+    let n = mm.len();
+    let mut groups: Vec<Vec<HashSet<u32>>> = Vec::new();
+    let mut cur: Vec<HashSet<u32>> = vec![HashSet::new(); n];
+    let mut held = 0u64;
+    for i in 0..n {
+        let per = rows[i].div_ceil(u64::from(buckets[i].max(1))).max(1);
+        let mut mine: Vec<u32> = mm[i].iter().copied().collect();
+        mine.sort_unstable();
+        for b in mine {
+            if held > 0 && held + per > budget {
+                groups.push(std::mem::replace(&mut cur, vec![HashSet::new(); n]));
+                held = 0;
+            }
+            cur[i].insert(b);
+            held += per;
+        }
+    }
+    if held > 0 {
+        groups.push(cur);
+    }
+    groups
+}
+
+impl Ctx {
+    /// One round of the drill-down: the rows of these buckets on every side,
+    /// classified.
+    async fn drill(
+        &self,
+        mm_h: &[HashSet<u32>],
+        mm_k: &[HashSet<u32>],
+        drills: &mut [Drill],
+    ) -> Result<Vec<Problem>> {
+        let n = self.tables.len();
+        let mut found = Vec::new();
+        let both: Vec<HashSet<u32>> = (0..n).map(|i| &mm_h[i] | &mm_k[i]).collect();
+        let (fs, fh, fk) = (
+            self.filters(Some(&both)),
+            self.filters(Some(mm_h)),
+            self.filters(Some(mm_k)),
+        );
+        let (ds, dh, dk) = tokio::join!(
+            self.source_pass(&fs),
+            self.hbase_pass(&fh),
+            self.kafka_pass(&fk)
+        );
+        let (ds, dh, dk) = (ds?.0, dh?, dk?);
+        for (i, p) in ds.into_iter().enumerate() {
+            drills[i].src = p.kept;
+        }
+        if let Some((dh, _)) = dh {
+            for (i, p) in dh.into_iter().enumerate() {
+                drills[i].hbase = p.kept;
+            }
+        }
+        if let Some((dk, _)) = dk {
+            for (i, p) in dk.into_iter().enumerate() {
+                drills[i].kafka = p.pass.kept;
+                drills[i].kafka_ends = p.ends;
+            }
+        }
+        for (i, d) in drills.iter().enumerate() {
+            let b = fs[i].buckets;
+            for (target, mm, kept) in [
+                (Target::Hbase, &mm_h[i], &d.hbase),
+                (Target::Kafka, &mm_k[i], &d.kafka),
+            ] {
+                if mm.is_empty() {
+                    continue;
+                }
+                let keys: HashSet<&String> = d
+                    .src
+                    .keys()
+                    .filter(|k| mm.contains(&bucket(k, b)))
+                    .chain(kept.keys())
+                    .collect();
+                found.extend(compare::classify(i, target, keys, &d.src, kept));
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -573,3 +713,29 @@ pub(crate) fn failpoint_read_delay() {
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
 pub(crate) fn failpoint_read_delay() {}
+
+#[cfg(test)]
+mod drill_tests {
+    use super::*;
+
+    #[test]
+    fn rounds_hold_at_most_the_budget_and_every_bucket_once() {
+        let mm = vec![(0..100u32).collect::<HashSet<u32>>(), (0..10u32).collect()];
+        // 256 rows per bucket in table 0, 1,000 in table 1.
+        let groups = drill_groups(&mm, &[25_600, 10_000], &[100, 10], 2_000);
+        let mut seen = vec![HashSet::new(), HashSet::new()];
+        for g in &groups {
+            let held: u64 = g[0].len() as u64 * 256 + g[1].len() as u64 * 1_000;
+            assert!(held <= 2_000, "{held}");
+            for i in 0..2 {
+                for b in &g[i] {
+                    assert!(seen[i].insert(*b), "bucket {b} twice");
+                }
+            }
+        }
+        assert_eq!(seen, mm);
+        // A bucket above the budget is a round of its own.
+        assert_eq!(drill_groups(&mm[1..], &[10_000], &[10], 10).len(), 10);
+        assert!(drill_groups(&[HashSet::new()], &[5], &[1], 10).is_empty());
+    }
+}

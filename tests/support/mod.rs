@@ -162,11 +162,11 @@ impl Job {
             .collect()
     }
 
-    fn hbase_table(&self, source: &str) -> String {
+    pub fn hbase_table(&self, source: &str) -> String {
         self.config.table(source).unwrap().hbase_table.clone()
     }
 
-    fn hbase(&self) -> HbaseClient {
+    pub fn hbase(&self) -> HbaseClient {
         HbaseClient::connect(THRIFT, false).expect("HBase Thrift2 gateway")
     }
 

@@ -117,9 +117,17 @@ async fn verify(args: VerifyArgs) -> Result<i32> {
         buckets: args.buckets,
         kafka_memory_rows: args.kafka_memory_rows,
         spill_dir: args.common.state_dir.join("verify-spill"),
+        drill_rows: args.drill_rows,
     };
-    std::fs::create_dir_all(&opts.spill_dir)
-        .map_err(|e| Error::io(format!("create {}", opts.spill_dir.display()), e))?;
+    crate::checkpoint::create_private_dir(&opts.spill_dir)?;
+    {
+        // Ours alone, whoever created it: spill files hold row hashes and keys.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&opts.spill_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(format!("chmod {}", opts.spill_dir.display()), e))?;
+    }
+    crate::verify::kafka::remove_stale_spills(&opts.spill_dir);
+    crate::verify::kafka::clean_spills_on_interrupt(opts.spill_dir.clone());
     let s = crate::verify::run(cfg, opts).await?;
     render::emit(args.common.json, &render::verify(&s), &s);
     let fixed = s.repair.as_ref().is_some_and(|r| r.remaining == 0);
