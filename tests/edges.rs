@@ -165,7 +165,59 @@ async fn a_repaired_row_loses_to_a_later_diff_write_and_repair_never_removes_a_l
     ev["data"]["message_id"] = ghost.into();
     let room = ev["data"]["room_id"].as_u64().unwrap().to_string();
     job.kafka_produce("message", &room, &serde_json::to_vec(&ev).unwrap());
+    // The id map: one message's new → legacy row gone, another's legacy →
+    // new row naming a wrong room, and a row no message has.
+    let (a, b) = {
+        let mut it = hb.iter().skip(60);
+        (it.next().unwrap(), it.next().unwrap())
+    };
+    let num = |cells: &support::StoredCells, q: &str| -> u64 {
+        String::from_utf8(cells[q].0.clone())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let buckets = job.config.hbase.salt_buckets;
+    let id_map = job.config.hbase.id_map_table.clone();
+    {
+        use falcon_migrate::mapping::keys;
+        use falcon_migrate::sink::hbase::cells::{put_cells, row_delete, LATEST};
+        let mut c = job.hbase();
+        let gone = row_delete(&keys::id_map_new(buckets, num(&a.1 .1, "id")), LATEST);
+        c.delete_multiple(&id_map, vec![gone]).unwrap();
+        let wrong = put_cells(
+            &keys::id_map_legacy(buckets, *b.0),
+            b"d",
+            &[("room_id", b"424242")],
+            Some(i64::from(u32::MAX) * 1000),
+        );
+        let stray = put_cells(
+            &keys::id_map_legacy(buckets, 777_777_777),
+            b"d",
+            &[("new_id", b"1"), ("room_id", b"1")],
+            Some(1),
+        );
+        c.put_multiple(&id_map, vec![wrong, stray]).unwrap();
+    }
     std::thread::sleep(std::time::Duration::from_millis(1100));
+
+    let check = job.verify(&["--target", "hbase", "--recheck-delay", "0"]);
+    assert_eq!(check.code, 1, "{}", check.stderr);
+    let m = &check.json()["id_map"];
+    assert_eq!(
+        (
+            m["missing"].as_u64(),
+            m["different"].as_u64(),
+            m["extra"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{m}"
+    );
+    let sample = m["sample"].to_string();
+    assert!(
+        sample.contains(&format!("L:{} different", b.0)) && sample.contains("L:777777777 extra"),
+        "{sample}"
+    );
 
     let out = job.verify(&["--repair", "--recheck-delay", "0.2"]);
     assert_eq!(
@@ -175,6 +227,7 @@ async fn a_repaired_row_loses_to_a_later_diff_write_and_repair_never_removes_a_l
     );
     let s = out.json();
     assert_eq!(s["repair"]["remaining"], 0, "{s}");
+    assert_eq!(s["id_map"]["remaining"], 0, "{s}");
     let again = job.verify(&[]);
     assert_eq!(again.code, 0, "{}", again.stderr);
     let hb = job.hbase_messages();

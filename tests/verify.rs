@@ -353,7 +353,10 @@ async fn ten_percent_tampered_is_counted_exactly_within_the_drill_budget() {
         .iter()
         .find(|t| t["table"] == "message")
         .unwrap();
-    assert_eq!(n(&msg["targets"]["hbase"]["different"]), tampered.len() as u64);
+    assert_eq!(
+        n(&msg["targets"]["hbase"]["different"]),
+        tampered.len() as u64
+    );
 
     let one = job.verify(&["--target", "hbase", "--recheck-delay", "0"]);
     assert_eq!(one.code, 1, "{}", one.stderr);

@@ -18,10 +18,22 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
 }
 
+/// The budget of [`RetryPolicy::default`] in this process, when a command
+/// sets it (verify's `--retry-budget`: every read and the repair's commit).
+static DEFAULT_BUDGET: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+/// Sets the budget of every default policy of this process (once).
+pub fn set_default_budget(budget: Duration) {
+    let _ = DEFAULT_BUDGET.set(budget);
+}
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            budget: Duration::from_secs(300),
+            budget: DEFAULT_BUDGET
+                .get()
+                .copied()
+                .unwrap_or(Duration::from_secs(300)),
             first_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(30),
         }

@@ -77,6 +77,7 @@ pub async fn check(cfg: &Config) -> Result<Position> {
 }
 
 /// A mapped source table as found on the server.
+#[derive(Clone)]
 pub struct SourceTable {
     pub mapping: TableMapping,
     pub spec: &'static TableSpec,

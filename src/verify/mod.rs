@@ -18,6 +18,7 @@
 pub mod compare;
 pub mod digest;
 pub mod hbase;
+pub mod idmap;
 pub mod kafka;
 pub mod recheck;
 pub mod repair;
@@ -148,6 +149,24 @@ pub struct VerifySummary {
     pub repair: Option<RepairSummary>,
     pub targets: BTreeMap<&'static str, TargetSummary>,
     pub tables: Vec<TableSummary>,
+    /// The HBase id map against the source's messages (HBase verified and a
+    /// message table mapped).
+    pub id_map: Option<IdMapSummary>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IdMapSummary {
+    /// Id-map rows the source's messages should have.
+    pub compared: u64,
+    pub target_rows: u64,
+    pub mismatched_buckets: u64,
+    pub missing: u64,
+    pub extra: u64,
+    pub different: u64,
+    /// The first differing rows (`L:<legacy>` / `N:<new id>`, and how).
+    pub sample: Vec<String>,
+    /// After `--repair`: rows still differing.
+    pub remaining: Option<u64>,
 }
 
 /// The drill-down's rows of one table, kept for the re-checks and the repair.
@@ -168,8 +187,10 @@ struct Ctx {
     ktables: Vec<KafkaTable>,
 }
 
+use crate::mapping::Canonical;
 use crate::pipeline::base::now_ms;
 use crate::pipeline::commit::blocking;
+use crate::pipeline::retry::RetryPolicy;
 
 fn mismatched(a: &[Digest], b: &[Digest]) -> HashSet<u32> {
     a.iter()
@@ -341,12 +362,13 @@ impl Ctx {
     async fn verify(self, started: Instant) -> Result<VerifySummary> {
         let n = self.tables.len();
         let filters = self.filters(None);
-        let (s, h, k) = tokio::join!(
+        let (s, h, k, im) = tokio::join!(
             self.source_pass(&filters),
             self.hbase_pass(&filters),
-            self.kafka_pass(&filters)
+            self.kafka_pass(&filters),
+            self.id_map_pass(&filters, None)
         );
-        let ((src, src_s), h, k) = (s?, h?, k?);
+        let ((src, src_s), h, k, im) = (s?, h?, k?, im?);
         let none = vec![HashSet::new(); n];
         let mm_h: Vec<HashSet<u32>> = match &h {
             Some((p, _)) => (0..n)
@@ -409,6 +431,10 @@ impl Ctx {
             acc.add(found, repaired, self.opts.max_report_rows);
         }
         acc.rounds = groups.len() as u64;
+        let id_map = match (im, self.message_table()) {
+            (Some(first), Some(mi)) => Some(self.check_id_map(&filters, &src[mi], first).await?),
+            _ => None,
+        };
         let found = std::mem::take(&mut acc.kept);
         let cleared = acc.first_found - acc.total();
         let repair = acc.repair.clone().map(|r| (r, ()));
@@ -504,7 +530,10 @@ impl Ctx {
         let source_read = compared + skipped;
         Ok(VerifySummary {
             command: "verify",
-            identical: all.total() == 0,
+            identical: all.total() == 0
+                && id_map
+                    .as_ref()
+                    .is_none_or(|m| m.missing + m.extra + m.different == 0),
             compared,
             skipped,
             missing: all.missing,
@@ -525,9 +554,19 @@ impl Ctx {
             repair: repair.map(|(r, _)| r),
             targets,
             tables,
+            id_map,
         })
     }
 }
+
+/// An id-map row that differs: its key, how, the row the source's message
+/// says it should be (with the message), and the rows stored under the key.
+type IdMapProblem = (
+    String,
+    Kind,
+    Option<(idmap::Entry, Canonical)>,
+    Vec<idmap::Entry>,
+);
 
 /// What the rounds of the drill-down found, added up.
 #[derive(Default)]
@@ -635,6 +674,180 @@ fn drill_groups(
 }
 
 impl Ctx {
+    /// The mapped message table (the one the id map belongs to).
+    fn message_table(&self) -> Option<usize> {
+        self.tables
+            .iter()
+            .position(|t| t.spec.kind == crate::config::EntityKind::Message)
+    }
+
+    /// The id map's pass (None when HBase is not verified or no message
+    /// table is mapped), bucketed like the message table.
+    async fn id_map_pass(
+        &self,
+        filters: &[Filter],
+        wanted: Option<&HashSet<u32>>,
+    ) -> Result<Option<rows::Pass<idmap::Entry>>> {
+        let Some(mi) = self.message_table().filter(|_| self.opts.hbase) else {
+            return Ok(None);
+        };
+        let mut f = filters[mi].clone();
+        f.wanted = wanted.map(|w| Arc::new(w.clone()));
+        let cfg = self.cfg.hbase.clone();
+        let r = blocking(move || idmap::pass(&cfg, &f, &RetryPolicy::default())).await?;
+        Ok(Some(r))
+    }
+
+    /// The id-map rows of these buckets that differ from what the source's
+    /// messages say: (key, kind, expected entry, stored entries).
+    async fn id_map_problems(
+        &self,
+        filters: &[Filter],
+        group: &HashSet<u32>,
+    ) -> Result<Vec<IdMapProblem>> {
+        let mi = self.message_table().expect("a message table");
+        let tables = Arc::new(vec![self.tables[mi].clone()]);
+        let mut f = filters[mi].clone();
+        f.wanted = Some(Arc::new(group.clone()));
+        let src = self
+            .src
+            .pass(&tables, &Arc::new(vec![f]), self.opts.workers)
+            .await?;
+        let stored = self
+            .id_map_pass(filters, Some(group))
+            .await?
+            .unwrap_or_else(|| rows::Pass::new(1));
+        let mut hasher = digest::RowHasher::default();
+        let mut want: HashMap<String, (idmap::Entry, Canonical)> = HashMap::new();
+        for row in src.into_iter().flat_map(|p| p.kept.into_values()) {
+            for e in idmap::expected(&row.c, self.cfg.hbase.salt_buckets, &mut hasher) {
+                want.insert(e.key.clone(), (e, row.c.clone()));
+            }
+        }
+        let mut out = Vec::new();
+        let mut keys: Vec<&String> = want.keys().chain(stored.kept.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            let got = stored.kept.get(k).cloned().unwrap_or_default();
+            let kind = match want.get(k) {
+                None => Kind::Extra,
+                Some(_) if got.is_empty() => Kind::Missing,
+                Some((e, _)) if got.len() == 1 && got[0].hash == e.hash => continue,
+                Some(_) => Kind::Different,
+            };
+            out.push((k.clone(), kind, want.get(k).cloned(), got));
+        }
+        Ok(out)
+    }
+
+    /// Compares the id map with the source's messages, drills down into the
+    /// buckets that differ (re-read after `--recheck-delay`) and, with
+    /// `--repair`, rewrites them.
+    async fn check_id_map(
+        &self,
+        filters: &[Filter],
+        src: &source::SourcePass,
+        first: rows::Pass<idmap::Entry>,
+    ) -> Result<IdMapSummary> {
+        let mi = self.message_table().expect("a message table");
+        let mm = mismatched(&src.id_map, &first.digests);
+        let mut s = IdMapSummary {
+            compared: src.id_map.iter().map(|d| d.count).sum(),
+            target_rows: first.rows,
+            mismatched_buckets: mm.len() as u64,
+            ..IdMapSummary::default()
+        };
+        if mm.is_empty() {
+            return Ok(s);
+        }
+        let groups = drill_groups(
+            std::slice::from_ref(&mm),
+            &[src.rows + src.skipped],
+            &[filters[mi].buckets],
+            self.opts.drill_rows,
+        );
+        let mut remaining = 0u64;
+        for g in groups {
+            let mut problems = self.id_map_problems(filters, &g[0]).await?;
+            if !problems.is_empty() {
+                tokio::time::sleep(self.opts.recheck_delay).await;
+                problems = self.id_map_problems(filters, &g[0]).await?;
+            }
+            for (key, kind, _, _) in &problems {
+                match kind {
+                    Kind::Missing => s.missing += 1,
+                    Kind::Extra => s.extra += 1,
+                    Kind::Different => s.different += 1,
+                }
+                if s.sample.len() < 20 {
+                    s.sample.push(format!("{key} {}", kind.as_str()));
+                }
+            }
+            if self.opts.repair && !problems.is_empty() {
+                self.repair_id_map(&problems).await?;
+                remaining += self.id_map_problems(filters, &g[0]).await?.len() as u64;
+            }
+        }
+        if self.opts.repair {
+            s.remaining = Some(remaining);
+        }
+        tracing::info!(
+            missing = s.missing,
+            extra = s.extra,
+            different = s.different,
+            "id map compared"
+        );
+        Ok(s)
+    }
+
+    /// Stored versions of wrong or extra id-map rows are deleted exactly;
+    /// the rows the messages should have are put again.
+    async fn repair_id_map(&self, problems: &[IdMapProblem]) -> Result<()> {
+        let family = self.cfg.hbase.column_family.as_bytes().to_vec();
+        let mut deletes = Vec::new();
+        let mut puts = Vec::new();
+        // Stamped at the millisecond before the second verify started (or
+        // the message's version when later): above a delete marker of a row
+        // removed by hand, below every later diff write (see `repair`).
+        let floor = self.src.ctx.default_version_ms;
+        for (_, _, want, got) in problems {
+            let stamp = want.as_ref().map(|(_, c)| c.version_ms.max(floor));
+            for e in got {
+                // A version the put rewrites is not deleted (the delete would hide the put).
+                let stale: Vec<(Vec<u8>, i64)> = e
+                    .cells
+                    .iter()
+                    .filter(|(_, ts)| Some(*ts as u64) != stamp)
+                    .cloned()
+                    .collect();
+                deletes.extend(crate::sink::hbase::cells::delete_versions(
+                    &e.row_key, &family, &stale,
+                ));
+            }
+            if let (Some((_, c)), Some(stamp)) = (want, stamp) {
+                if let Some((legacy, new_id, room)) = c.id_pair {
+                    puts.extend(crate::sink::hbase::cells::id_map_puts(
+                        legacy,
+                        new_id,
+                        room,
+                        self.cfg.hbase.salt_buckets,
+                        stamp,
+                        &family,
+                    ));
+                }
+            }
+        }
+        let cfg = self.cfg.hbase.clone();
+        blocking(move || {
+            let mut c = crate::sink::hbase::HbaseClient::connect(&cfg.thrift, cfg.framed)?;
+            c.delete_multiple(&cfg.id_map_table, deletes)?;
+            c.put_multiple(&cfg.id_map_table, puts)
+        })
+        .await?;
+        Ok(())
+    }
+
     /// One round of the drill-down: the rows of these buckets on every side,
     /// classified.
     async fn drill(

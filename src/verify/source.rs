@@ -32,6 +32,8 @@ pub struct Source {
 pub struct SourcePass {
     pub kafka: Vec<Digest>,
     pub hbase: Vec<Digest>,
+    /// The id-map rows its messages should have (see `idmap`).
+    pub id_map: Vec<Digest>,
     pub rows: u64,
     /// Rows base dead-letters (rejected by the mapping, or orphans).
     pub skipped: u64,
@@ -43,6 +45,7 @@ impl SourcePass {
         SourcePass {
             kafka: vec![Digest::default(); buckets as usize],
             hbase: vec![Digest::default(); buckets as usize],
+            id_map: vec![Digest::default(); buckets as usize],
             rows: 0,
             skipped: 0,
             kept: HashMap::new(),
@@ -52,6 +55,7 @@ impl SourcePass {
     fn merge(&mut self, o: SourcePass) {
         super::digest::merge_all(&mut self.kafka, &o.kafka);
         super::digest::merge_all(&mut self.hbase, &o.hbase);
+        super::digest::merge_all(&mut self.id_map, &o.id_map);
         self.rows += o.rows;
         self.skipped += o.skipped;
         self.kept.extend(o.kept);
@@ -188,6 +192,9 @@ impl Source {
         let Some(b) = f.admits(&c.key) else {
             return Ok(());
         };
+        for e in super::idmap::expected(&c, self.ctx.salt_buckets, hasher) {
+            out.id_map[b as usize].add(e.hash);
+        }
         let row = hash_row(hasher, t.name(), c);
         out.rows += 1;
         out.kafka[b as usize].add(row.h_kafka);

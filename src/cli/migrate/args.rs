@@ -161,6 +161,9 @@ pub struct VerifyArgs {
     /// Kafka events per partition folded in memory; larger partitions are folded through spill files.
     #[arg(long, default_value_t = 2_000_000)]
     pub kafka_memory_rows: u64,
+    /// Seconds each read (and the repair's commit) is retried, with backoff, while a server is down or restarting; then verify stops (exit 4).
+    #[arg(long, default_value_t = 300, value_parser = whole_number(1u64, None))]
+    pub retry_budget: u64,
     /// Source rows one round of the drill-down holds with their target rows (about 1 KiB each): more differing rows take more rounds, not more memory.
     #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub drill_rows: u64,

@@ -119,6 +119,7 @@ async fn verify(args: VerifyArgs) -> Result<i32> {
         spill_dir: args.common.state_dir.join("verify-spill"),
         drill_rows: args.drill_rows,
     };
+    crate::pipeline::retry::set_default_budget(Duration::from_secs(args.retry_budget));
     crate::checkpoint::create_private_dir(&opts.spill_dir)?;
     {
         // Ours alone, whoever created it: spill files hold row hashes and keys.
@@ -130,7 +131,11 @@ async fn verify(args: VerifyArgs) -> Result<i32> {
     crate::verify::kafka::clean_spills_on_interrupt(opts.spill_dir.clone());
     let s = crate::verify::run(cfg, opts).await?;
     render::emit(args.common.json, &render::verify(&s), &s);
-    let fixed = s.repair.as_ref().is_some_and(|r| r.remaining == 0);
+    let id_map_fixed = s
+        .id_map
+        .as_ref()
+        .is_none_or(|m| m.missing + m.extra + m.different == 0 || m.remaining == Some(0));
+    let fixed = args.repair && s.repair.as_ref().is_none_or(|r| r.remaining == 0) && id_map_fixed;
     Ok(if s.identical || fixed {
         exit::OK
     } else {
