@@ -34,6 +34,22 @@ fn wait(child: Child, limit: Duration) -> (Outcome, Duration) {
     (Outcome::from(waiter.join().unwrap()), t0.elapsed())
 }
 
+/// Chunks in the done list of this job's base run.
+fn chunks_done(job: &Job) -> usize {
+    std::fs::read_to_string(job.state_dir.join("base/base/shard-0-of-1.done.jsonl"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+/// Waits until `n` chunks are done: the copy is under way.
+fn wait_for_chunks(job: &Job, n: usize) {
+    let t0 = Instant::now();
+    while chunks_done(job) < n {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_base_within_the_grace_period_and_a_second_ctrl_c_at_once() {
     let job = Job::new("sig", 4_000, false).await;
@@ -58,8 +74,9 @@ async fn sigterm_stops_base_within_the_grace_period_and_a_second_ctrl_c_at_once(
 
     let mut resume = slow.to_vec();
     resume.push("--resume");
+    let done = chunks_done(&job);
     let child = job.base_command(&resume).spawn().unwrap();
-    std::thread::sleep(Duration::from_secs(4));
+    wait_for_chunks(&job, done + 1);
     signal(&child, "-INT");
     std::thread::sleep(Duration::from_millis(300));
     signal(&child, "-INT");

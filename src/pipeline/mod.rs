@@ -38,23 +38,51 @@ pub(crate) async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) 
     }
 }
 
-/// Watches for Ctrl-C and SIGTERM (a pod being stopped). On the first one it
-/// logs `what` ("finishing the batch in hand"), raises the returned flag and
-/// wakes the returned notifier; the phase then stops at its next safe point.
-/// A second signal, or [`GRACE`] without the phase having stopped, exits at
-/// once with status 130: the work in hand is not checkpointed (its Kafka
-/// transaction is aborted when the next run fences it) and the next run
-/// redoes it.
-pub(crate) fn on_interrupt(what: &'static str) -> (Arc<AtomicBool>, Arc<Notify>) {
-    let flag = Arc::new(AtomicBool::new(false));
-    let notify = Arc::new(Notify::new());
-    let (f, n) = (flag.clone(), notify.clone());
+/// The process's interrupt state: raised by the first Ctrl-C or SIGTERM.
+struct Interrupts {
+    flag: Arc<AtomicBool>,
+    notify: Arc<Notify>,
+    /// What the phase does on the first signal; None while it has not yet
+    /// reached work it can finish (set-up): a signal then exits at once.
+    what: std::sync::Mutex<Option<&'static str>>,
+}
+
+static INTERRUPTS: std::sync::OnceLock<Interrupts> = std::sync::OnceLock::new();
+
+/// Takes over Ctrl-C and SIGTERM for the whole run: call it first thing in a
+/// phase that writes. Before the phase reaches [`on_interrupt`] (set-up,
+/// nothing written yet) a signal exits 130 at once. After it, the first
+/// signal lets the phase finish the work in hand; a second one, or [`GRACE`]
+/// without the phase having stopped, exits 130 at once: the work in hand is
+/// not checkpointed (its Kafka transaction is aborted when the next run
+/// fences it) and the next run redoes it.
+pub(crate) fn install_interrupts() {
+    let mut first = false;
+    let st = INTERRUPTS.get_or_init(|| {
+        first = true;
+        Interrupts {
+            flag: Arc::new(AtomicBool::new(false)),
+            notify: Arc::new(Notify::new()),
+            what: std::sync::Mutex::new(None),
+        }
+    });
+    if !first {
+        return;
+    }
+    let (f, n) = (st.flag.clone(), st.notify.clone());
     tokio::spawn(async move {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         if !next_signal(&mut term).await {
             return;
         }
+        let what = INTERRUPTS
+            .get()
+            .and_then(|s| s.what.lock().ok().and_then(|w| *w));
+        let Some(what) = what else {
+            tracing::warn!("interrupted during set-up: nothing was written; exiting");
+            std::process::exit(crate::error::exit::INTERRUPTED);
+        };
         tracing::warn!(
             grace_s = GRACE.as_secs(),
             "interrupted: {what} (a second Ctrl-C exits at once)"
@@ -70,5 +98,17 @@ pub(crate) fn on_interrupt(what: &'static str) -> (Arc<AtomicBool>, Arc<Notify>)
         );
         std::process::exit(crate::error::exit::INTERRUPTED);
     });
-    (flag, notify)
+}
+
+/// The phase has reached work it can finish on a signal: from now on the
+/// first Ctrl-C or SIGTERM logs `what` ("finishing the batch in hand"),
+/// raises the returned flag and wakes the returned notifier, and the phase
+/// stops at its next safe point (see [`install_interrupts`]).
+pub(crate) fn on_interrupt(what: &'static str) -> (Arc<AtomicBool>, Arc<Notify>) {
+    install_interrupts();
+    let st = INTERRUPTS.get().expect("installed");
+    if let Ok(mut w) = st.what.lock() {
+        *w = Some(what);
+    }
+    (st.flag.clone(), st.notify.clone())
 }

@@ -69,6 +69,7 @@ fn retry(budget_s: u64) -> RetryPolicy {
 }
 
 async fn base(args: BaseArgs) -> Result<i32> {
+    crate::pipeline::install_interrupts();
     let cfg = Config::load(&args.common.config)?;
     let opts = BaseOptions {
         state_dir: args.common.state_dir.clone(),
@@ -144,6 +145,7 @@ async fn verify(args: VerifyArgs) -> Result<i32> {
 }
 
 async fn diff(args: DiffArgs) -> Result<i32> {
+    crate::pipeline::install_interrupts();
     let cfg = Config::load(&args.common.config)?;
     let opts = DiffOptions {
         state_dir: args.common.state_dir.clone(),
@@ -167,6 +169,7 @@ async fn diff(args: DiffArgs) -> Result<i32> {
 }
 
 async fn diff_watermark(args: DiffArgs) -> Result<i32> {
+    crate::pipeline::install_interrupts();
     let cfg = Config::load(&args.common.config)?;
     let opts = WatermarkOptions {
         state_dir: args.common.state_dir.clone(),
