@@ -219,7 +219,13 @@ const BASE_ARGS: [&str; 6] = [
 ///
 /// `seen` is what the run's log says of the outage. `diff`: a `diff
 /// --until-now` (nothing changed) runs before the final comparison.
-async fn base_rides_out(name: &str, server: &'static str, down: Duration, seen: &str, diff: bool) {
+async fn base_rides_out(
+    name: &str,
+    server: &'static str,
+    down: Duration,
+    seen: Option<&str>,
+    diff: bool,
+) {
     let job = Job::new(name, 15_000, false).await;
     let t0 = Instant::now();
     let mut run = Running::spawn(job.base_command(&BASE_ARGS));
@@ -230,11 +236,13 @@ async fn base_rides_out(name: &str, server: &'static str, down: Duration, seen: 
     guard.start();
     let out = run.finish(Duration::from_secs(240));
     assert_eq!(out.code, 0, "base after a {server} restart: {}", out.stderr);
-    assert!(
-        out.stderr.contains(seen),
-        "the fault was not seen ({seen}): {}",
-        out.stderr
-    );
+    if let Some(seen) = seen {
+        assert!(
+            out.stderr.contains(seen),
+            "the fault was not seen ({seen}): {}",
+            out.stderr
+        );
+    }
     eprintln!("base with {server} restarted: {:.1?}", t0.elapsed());
     assert_exact(&job, &out.json(), diff).await;
 }
@@ -245,7 +253,7 @@ async fn base_survives_a_thrift_gateway_restart() {
         "f_thrift",
         "thrift",
         Duration::from_secs(10),
-        "retrying",
+        Some("retrying"),
         true,
     )
     .await;
@@ -258,7 +266,7 @@ async fn base_survives_a_kafka_restart() {
         "f_kafka",
         "kafka",
         Duration::from_secs(5),
-        "brokers are down",
+        Some("brokers are down"),
         true,
     )
     .await;
@@ -273,7 +281,7 @@ async fn base_survives_a_mariadb_restart() {
         "f_mariadb",
         "mariadb",
         Duration::from_secs(15),
-        "retrying",
+        Some("retrying"),
         true,
     )
     .await;
@@ -282,9 +290,10 @@ async fn base_survives_a_mariadb_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn base_survives_an_hbase_restart() {
     // HBase itself (master, region server and ZooKeeper of the standalone
-    // server) killed and started again: the gateway's calls fail until the
-    // regions are open again, and the chunks are retried.
-    base_rides_out("f_hbase", "hbase", Duration::from_secs(3), "retrying", true).await;
+    // server) killed and started again: the gateway's own client holds the
+    // calls until the regions are open again (seen here: the copy stalls for
+    // the ~30 s of the restart and no call fails), so nothing is retried.
+    base_rides_out("f_hbase", "hbase", Duration::from_secs(3), None, true).await;
 }
 
 /// The gateway stays down past a short retry budget: exit 4 naming it, the
