@@ -114,3 +114,22 @@ pub async fn ensure_progress_topic(cfg: &KafkaConfig) -> Result<()> {
     }
     Ok(())
 }
+
+/// Deletes `topics` (those that exist): scratch topics of a calibration copy.
+pub async fn delete_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = base_config(cfg)
+        .create()
+        .map_err(|e| Error::kafka("admin client", e))?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .delete_topics(topics, &opts)
+        .await
+        .map_err(|e| Error::kafka("delete topics", e))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((t, code)) => return Err(Error::kafka(format!("delete topic {t}"), code)),
+        }
+    }
+    Ok(())
+}
