@@ -45,7 +45,8 @@ pub async fn calibrate(
         state_dir: state_dir.clone(),
         run_id: tag.clone(),
         workers,
-        chunk_rows: 20_000,
+        // Small enough that the workers stop near `rows`, not a chunk each past it.
+        chunk_rows: (rows / (4 * workers as u64)).clamp(1_000, 20_000),
         targets,
         resume: false,
         shard: crate::checkpoint::Shard::ALL,
@@ -58,6 +59,14 @@ pub async fn calibrate(
         stop_after_rows: Some(rows),
     };
     tracing::info!(rows, workers, tag, "calibration copy into scratch topics and tables");
+    if targets.kafka {
+        crate::sink::kafka::ensure_progress_topic(&scratch.kafka).await?;
+        let (k, topic) = (scratch.kafka.clone(), scratch.kafka.progress_topic.clone());
+        crate::pipeline::commit::blocking(move || {
+            crate::sink::kafka::wait_for_topic(&k, &topic, Duration::from_secs(30))
+        })
+        .await?;
+    }
     let outcome = base::run(scratch.clone(), opts).await;
     let cleanup = drop_scratch(&scratch, targets).await;
     let _ = std::fs::remove_dir_all(&state_dir);

@@ -12,7 +12,7 @@ use crate::config::{Config, TableMapping};
 use crate::error::{Error, Result};
 use crate::pipeline::runlog::{RunLog, Scope};
 use crate::position::Position;
-use crate::source::binlog::{self, Item, Reader};
+use crate::source::binlog;
 
 /// Rows, mean row width and data size of each mapped table. `exact` counts
 /// the rows (a full scan) instead of taking InnoDB's estimate.
@@ -112,15 +112,19 @@ fn binlog_bytes(logs: &[(String, u64)], from: &Position, to: &Position) -> u64 {
 }
 
 /// Row changes of the mapped tables and binlog bytes per hour, from the
-/// newest binlog files holding at least `window_bytes` (read with diff's own
-/// reader, up to the current position). The window runs from its first
-/// mapped change to now.
+/// newest binlog files holding at least `window_bytes`, read up to the
+/// current position. The window runs from its first mapped change to now.
+/// Only rows are counted, nothing decoded: a schema change inside the window
+/// (which would stop diff) does not stop the count.
 pub async fn write_rate(
     cfg: &Config,
     pool: &MySqlPool,
     tables: &[TableMapping],
     window_bytes: u64,
 ) -> Result<WriteRate> {
+    use futures_util::StreamExt;
+    use mysql_async::binlog::events::EventData;
+
     let database = cfg.database().unwrap_or_default();
     let logs = binary_logs(pool).await?;
     let now_pos = crate::source::mysql::binlog_position(pool).await?;
@@ -130,49 +134,83 @@ pub async fn write_rate(
         first -= 1;
         held += logs[first].1;
     }
-    let Some((file, _)) = logs.get(first) else {
+    let Some((file0, _)) = logs.get(first) else {
         return Err(Error::Usage(
             "the source has no binlog files (log_bin is off)".into(),
         ));
     };
     let start = Position::Binlog {
-        file: file.clone(),
+        file: file0.clone(),
         offset: 4,
         gtid: String::new(),
     };
-    let schema = binlog::snapshot_schema(pool, &database, tables).await?;
     let server_id = binlog::server_id(&format!("plan-{}", std::process::id()));
-    let stream = binlog::open_stream(cfg, server_id, &start).await?;
-    let reader = Reader {
-        schema: std::sync::Arc::new(schema),
-        database,
-        start: start.clone(),
-        skip: 0,
-        stop_at: Some(now_pos.clone()),
-        part_changes: 100_000,
-        part_kib: 16 * 1024,
-        budget: std::sync::Arc::new(tokio::sync::Semaphore::new(64 * 1024)),
-    };
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-    let task = tokio::spawn(reader.run(stream, tx));
-    let (mut changes, mut first_ts, mut first_pos) = (0u64, None::<u32>, None::<Position>);
-    while let Some(item) = rx.recv().await {
-        if let Item::Tx(t) = item {
-            changes += t.changes.len() as u64;
-            if first_ts.is_none() {
-                first_ts = t.changes.first().map(|c| c.ts_s).or(Some(t.ts_s));
-                first_pos = t
-                    .changes
-                    .first()
-                    .and_then(|c| Position::parse(&c.position));
+    let mut stream = binlog::open_stream(cfg, server_id, &start).await?;
+    let mut file = file0.clone();
+    let mut seen_fde = false;
+    let mut mapped_ids = std::collections::HashSet::new();
+    let (mut changes, mut first_seen) = (0u64, None::<(u32, Position)>);
+    loop {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(30), stream.next()).await;
+        let Ok(Some(ev)) = next else {
+            return Err(Error::Binlog {
+                context: format!("reading {start} .. {now_pos}"),
+                message: "the stream stopped or went silent before the current position".into(),
+            });
+        };
+        let ev = ev.map_err(|e| Error::Binlog {
+            context: format!("reading {start} .. {now_pos}"),
+            message: e.to_string(),
+        })?;
+        let h = ev.header();
+        let end = u64::from(h.log_pos());
+        let here = Position::Binlog {
+            file: file.clone(),
+            offset: end.saturating_sub(u64::from(h.event_size())),
+            gtid: String::new(),
+        };
+        match ev.read_data().ok().flatten() {
+            Some(EventData::FormatDescriptionEvent(_)) => seen_fde = true,
+            // The fake rotate sent at connect names the file asked for (see
+            // the diff reader): only later rotates move on.
+            Some(EventData::RotateEvent(r)) if end > 0 || seen_fde => {
+                file = r.name().chars().take_while(|c| c.is_ascii_graphic()).collect();
             }
+            Some(EventData::TableMapEvent(t)) => {
+                let ours = t.database_name() == database.as_str()
+                    && tables.iter().any(|m| m.source == t.table_name().as_ref());
+                if ours {
+                    mapped_ids.insert(t.table_id());
+                } else {
+                    mapped_ids.remove(&t.table_id());
+                }
+            }
+            Some(EventData::RowsEvent(r)) if mapped_ids.contains(&r.table_id()) => {
+                if let Some(tme) = stream.get_tme(r.table_id()) {
+                    changes += r.rows(tme).count() as u64;
+                    if first_seen.is_none() {
+                        first_seen = Some((h.timestamp(), here));
+                    }
+                }
+            }
+            _ => {}
+        }
+        let at = Position::Binlog {
+            file: file.clone(),
+            offset: end,
+            gtid: String::new(),
+        };
+        if end > 0 && at >= now_pos {
+            break;
         }
     }
-    task.await
-        .map_err(|e| Error::Other(format!("binlog reader: {e}")))??;
     let now_s = crate::pipeline::base::now_ms() as f64 / 1000.0;
-    let window_s = first_ts.map_or(0.0, |t| (now_s - f64::from(t)).max(1.0));
-    let bytes = first_pos.map_or(0, |p| binlog_bytes(&logs, &p, &now_pos));
+    let window_s = first_seen
+        .as_ref()
+        .map_or(0.0, |(t, _)| (now_s - f64::from(*t)).max(1.0));
+    let bytes = first_seen
+        .as_ref()
+        .map_or(0, |(_, p)| binlog_bytes(&logs, p, &now_pos));
     let per_h = |n: u64| {
         if window_s > 0.0 {
             n as f64 * 3600.0 / window_s

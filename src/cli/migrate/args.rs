@@ -181,7 +181,7 @@ pub struct VerifyArgs {
 pub struct PlanArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// The maintenance window the night must fit, e.g. 7h, 90m, 1h30m, 5400s.
+    /// The maintenance window the night must fit, e.g. 7h, 90m, 5400s.
     #[arg(long, default_value = "7h", value_parser = duration_s)]
     pub window: f64,
     /// Days of source changes the diff catch-up is predicted for (more than 0).
@@ -369,33 +369,13 @@ where
     }
 }
 
-/// A duration: `7h`, `90m`, `1h30m`, `45s`, or plain seconds; more than 0.
-pub(crate) fn duration_s(s: &str) -> Result<f64, String> {
-    let bad = || format!("expected a duration such as 7h, 90m, 1h30m or 5400s, got {s:?}");
-    let mut total = 0.0;
-    let mut num = String::new();
-    for c in s.trim().chars() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let unit = match c {
-            'h' => 3600.0,
-            'm' => 60.0,
-            's' => 1.0,
-            _ => return Err(bad()),
-        };
-        let v: f64 = num.parse().map_err(|_| bad())?;
-        total += v * unit;
-        num.clear();
-    }
-    if !num.is_empty() {
-        total += num.parse::<f64>().map_err(|_| bad())?;
-    }
-    if total > 0.0 && total.is_finite() {
-        Ok(total)
-    } else {
-        Err(bad())
+/// A duration as `falcon-fixtures churn --duration` takes it (`7h`, `90m`,
+/// `45s`, plain seconds), in seconds; more than 0.
+fn duration_s(s: &str) -> Result<f64, String> {
+    match crate::cli::fixtures::parse_duration(s).map(|d| d.as_secs_f64()) {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        Ok(_) => Err("must be more than 0".into()),
+        Err(e) => Err(format!("{e}: expected e.g. 7h, 90m or 5400s")),
     }
 }
 
@@ -655,13 +635,14 @@ mod tests {
         };
         assert_eq!((p.window, p.days, p.workers, p.max_shards), (25_200.0, 1.0, 4, 64));
         assert_eq!(p.run_id, vec!["base".to_string()]);
-        for (text, secs) in [("7h", 25_200.0), ("90m", 5_400.0), ("1h30m", 5_400.0), ("45s", 45.0), ("600", 600.0), ("0.5h", 1_800.0)] {
+        for (text, secs) in [("7h", 25_200.0), ("90m", 5_400.0), ("45s", 45.0), ("600", 600.0), ("0.5h", 1_800.0)] {
             assert_eq!(duration_s(text), Ok(secs), "{text}");
         }
         let cases: &[(&[&str], &str)] = &[
             (&["--window", "0h"], "--window"),
             (&["--window", "7d"], "--window"),
             (&["--window", "h"], "--window"),
+            (&["--window", "1h30m"], "--window"),
             (&["--days", "0"], "--days"),
             (&["--days", "NaN"], "--days"),
             (&["--calibrate", "10"], "--calibrate"),

@@ -133,3 +133,32 @@ pub async fn delete_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Waits until the brokers' metadata shows `topic` with its partitions (a
+/// topic just created is unknown to a client for a moment), at most `limit`.
+pub fn wait_for_topic(cfg: &KafkaConfig, topic: &str, limit: Duration) -> Result<()> {
+    let consumer: BaseConsumer = base_config(cfg)
+        .create()
+        .map_err(|e| Error::config("kafka.brokers", e))?;
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let ready = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .ok()
+            .is_some_and(|md| {
+                md.topics()
+                    .iter()
+                    .any(|t| t.error().is_none() && !t.partitions().is_empty())
+            });
+        if ready {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::kafka(
+                format!("topic {topic} not ready after {limit:?}"),
+                RDKafkaErrorCode::UnknownTopicOrPartition,
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
