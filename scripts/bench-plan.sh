@@ -63,11 +63,15 @@ run_base() { # run_base NAME SHARD -> wall seconds on stdout
 act1=$(run_base "${tag}one" 0/1)
 cfg2=$(config "${tag}two")
 t0=$(date +%s.%N)
+pids=()
 for i in 0 1; do
   target/release/falcon-migrate base -c "$cfg2" --state-dir "$out/state-two-$i" --workers "$workers" \
     --shard "$i/2" --run-id "${tag}two" --json >"$out/two-$i.json" 2>"$out/two-$i.log" &
+  pids+=($!)
 done
-wait
+for i in 0 1; do
+  wait "${pids[$i]}" || { echo "bench-plan: shard $i/2 failed, see $out/two-$i.log" >&2; exit 1; }
+done
 act2=$(python3 -c "import time; print(round(time.time() - $t0, 2))")
 
 ratio() { python3 -c "print(round($1 / $2, 2))"; }

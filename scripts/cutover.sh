@@ -283,7 +283,9 @@ run_verify() { # run_verify NAME PLANNED ARGS...
 }
 : >"$out/evidence.txt"
 if [[ $verdict == GO ]]; then
-  run_verify verify-sample "$(python3 -c "print('-' if '$plan_verify' == '-' else round($plan_verify * $sample / 100, 1))")" --sample "$sample"
+  plan_sample=-
+  [[ $plan_verify == - ]] || plan_sample=$(python3 -c "print(round($plan_verify * $sample / 100, 1))")
+  run_verify verify-sample "$plan_sample" --sample "$sample"
 fi
 if [[ $verdict == GO ]]; then
   run_verify verify "$plan_verify"

@@ -59,14 +59,6 @@ pub async fn calibrate(
         stop_after_rows: Some(rows),
     };
     tracing::info!(rows, workers, tag, "calibration copy into scratch topics and tables");
-    if targets.kafka {
-        crate::sink::kafka::ensure_progress_topic(&scratch.kafka).await?;
-        let (k, topic) = (scratch.kafka.clone(), scratch.kafka.progress_topic.clone());
-        crate::pipeline::commit::blocking(move || {
-            crate::sink::kafka::wait_for_topic(&k, &topic, Duration::from_secs(30))
-        })
-        .await?;
-    }
     let outcome = base::run(scratch.clone(), opts).await;
     let cleanup = drop_scratch(&scratch, targets).await;
     let _ = std::fs::remove_dir_all(&state_dir);

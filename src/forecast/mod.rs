@@ -35,6 +35,7 @@ pub struct PlanOptions {
     pub exact_counts: bool,
     pub binlog_window_bytes: u64,
     pub ceiling: Option<f64>,
+    pub byte_share: f64,
     /// Seconds a shard spends before copying; default: the calibration's.
     pub startup_s: Option<f64>,
     pub days: f64,
@@ -117,6 +118,7 @@ pub async fn run(cfg: Config, opts: PlanOptions) -> Result<PlanReport> {
         base: base_rate.clone(),
         ceiling: opts.ceiling,
         startup_s,
+        byte_share: opts.byte_share,
         diff: diff_rate.clone(),
         verify: verify_rate.clone(),
         writes: writes.clone(),

@@ -4,8 +4,12 @@
 //! - **Base.** A row's cost has a part per row (key lookups, an event, a
 //!   Kafka record, an HBase put) and a part per byte. With one throughput
 //!   measured over rows of mean width `w₀`, a table of mean width `w` costs
-//!   `(1 + w/w₀)/2` of a measured row: half per row, half per byte at the
-//!   measured width. Shards are independent processes, so `n` shards copy at
+//!   `(1 − s) + s·w/w₀` of a measured row, `s` being the share of the cost
+//!   that goes by bytes at the measured width (`--byte-share`, default 0: on
+//!   the development stack, calibrated on a sample of narrower rows than the
+//!   whole, `s` = ½ predicted 1.59× the actual base time and rows alone
+//!   0.91×, `scripts/bench-plan.sh`).
+//!   Shards are independent processes, so `n` shards copy at
 //!   `n × r₁`, until the shared targets' ceiling (`--ceiling`, the slowest
 //!   link's rows/s) caps them: `min(n·r₁, ceiling)`. A shard's fixed start
 //!   (snapshot, plan, topics and tables) is added once.
@@ -59,6 +63,8 @@ pub struct Inputs {
     pub ceiling: Option<f64>,
     /// A fixed cost of starting a shard, seconds.
     pub startup_s: f64,
+    /// The share of a row's cost that goes by its bytes, 0 to 1.
+    pub byte_share: f64,
     pub diff: Option<Measured>,
     pub verify: Option<Measured>,
     pub writes: Option<WriteRate>,
@@ -109,10 +115,12 @@ pub struct Forecast {
     pub notes: Vec<String>,
 }
 
-/// A table's cost in measured rows: `(1 + w/w₀)/2` per row.
-pub fn weighted_rows(t: &TableSize, measured_width: Option<f64>) -> f64 {
+/// A table's cost in measured rows: `(1 − s) + s·w/w₀` per row.
+pub fn weighted_rows(t: &TableSize, measured_width: Option<f64>, byte_share: f64) -> f64 {
     match measured_width {
-        Some(w0) if w0 > 0.0 => t.rows as f64 * (1.0 + t.avg_row_bytes as f64 / w0) / 2.0,
+        Some(w0) if w0 > 0.0 => {
+            t.rows as f64 * ((1.0 - byte_share) + byte_share * t.avg_row_bytes as f64 / w0)
+        }
         _ => t.rows as f64,
     }
 }
@@ -171,7 +179,11 @@ pub fn forecast(i: &Inputs) -> Forecast {
     let base: Vec<BaseRow> = match &i.base {
         Some(m) if m.per_s > 0.0 => {
             let width = m.row_bytes;
-            let work: f64 = i.tables.iter().map(|t| weighted_rows(t, width)).sum();
+            let work: f64 = i
+                .tables
+                .iter()
+                .map(|t| weighted_rows(t, width, i.byte_share))
+                .sum();
             shard_counts(i.max_shards.max(1), m.per_s, i.ceiling)
                 .into_iter()
                 .map(|n| {
@@ -300,6 +312,7 @@ mod tests {
             base: measured(10_000.0, None),
             ceiling: None,
             startup_s: 0.0,
+            byte_share: 0.0,
             diff: measured(2_000.0, None),
             verify: measured(20_000.0, None),
             writes: Some(WriteRate {
@@ -318,10 +331,12 @@ mod tests {
 
     #[test]
     fn a_table_as_wide_as_the_measured_rows_costs_one_row_each() {
-        assert_eq!(weighted_rows(&table(1000, 300), Some(300.0)), 1000.0);
-        // Twice as wide: half again as costly; no width measured: rows alone.
-        assert_eq!(weighted_rows(&table(1000, 600), Some(300.0)), 1500.0);
-        assert_eq!(weighted_rows(&table(1000, 600), None), 1000.0);
+        assert_eq!(weighted_rows(&table(1000, 300), Some(300.0), 0.5), 1000.0);
+        // Twice as wide with half the cost by bytes: half again as costly;
+        // no byte share, or no width measured: rows alone.
+        assert_eq!(weighted_rows(&table(1000, 600), Some(300.0), 0.5), 1500.0);
+        assert_eq!(weighted_rows(&table(1000, 600), Some(300.0), 0.0), 1000.0);
+        assert_eq!(weighted_rows(&table(1000, 600), None, 0.5), 1000.0);
         assert_eq!(mean_width(&[table(3, 100), table(1, 500)]), Some(200.0));
         assert_eq!(mean_width(&[]), None);
     }
@@ -394,6 +409,16 @@ mod tests {
         assert_eq!(f.diff.unwrap().seconds, None);
         assert!(f.fit.is_none());
         assert!(f.notes.iter().any(|n| n.contains("never catches up")));
+    }
+
+    #[test]
+    fn wide_tables_cost_more_with_a_byte_share() {
+        let mut i = inputs();
+        i.base = measured(10_000.0, Some(100.0));
+        i.tables = vec![table(100_000, 300)];
+        assert_eq!(forecast(&i).base[0].seconds, 10.0);
+        i.byte_share = 0.5;
+        assert_eq!(forecast(&i).base[0].seconds, 20.0);
     }
 
     #[test]

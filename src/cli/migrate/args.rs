@@ -205,6 +205,9 @@ pub struct PlanArgs {
     /// Most rows/s the shared Kafka and HBase absorb, whatever the shard count (the slowest link; without it shards scale linearly).
     #[arg(long, value_name = "ROWS_PER_S", value_parser = positive("rows per second"))]
     pub ceiling: Option<f64>,
+    /// Share of a row's copy cost that grows with its width, 0 to 1: wider tables than the measured rows then cost more.
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
+    pub byte_share: f64,
     /// Seconds a shard spends before it copies (snapshot, plan, topics, tables) [default: the calibration's, else 0].
     #[arg(long, value_parser = non_negative)]
     pub startup: Option<f64>,
@@ -384,6 +387,13 @@ fn positive(what: &'static str) -> impl Fn(&str) -> Result<f64, String> + Clone 
     move |s| match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
         _ => Err(format!("expected {what}, more than 0, got {s:?}")),
+    }
+}
+
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("expected a share from 0 to 1, got {s:?}")),
     }
 }
 
@@ -649,6 +659,7 @@ mod tests {
             (&["--ceiling=-5"], "--ceiling"),
             (&["--ceiling", "0"], "--ceiling"),
             (&["--startup=-1"], "--startup"),
+            (&["--byte-share", "1.5"], "--byte-share"),
             (&["--max-shards", "0"], "--max-shards"),
             (&["--workers", "0"], "--workers"),
         ];

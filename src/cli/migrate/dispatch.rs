@@ -191,6 +191,7 @@ async fn plan(args: PlanArgs) -> Result<i32> {
         exact_counts: args.exact_counts,
         binlog_window_bytes: args.binlog_window_mb << 20,
         ceiling: args.ceiling,
+        byte_share: args.byte_share,
         startup_s: args.startup,
         days: args.days,
         window_s: args.window,

@@ -90,7 +90,10 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Creates the compacted one-partition topic that holds chunk markers.
+/// Creates the compacted one-partition topic that holds chunk markers, and
+/// waits until the brokers' metadata shows it: shards started together race
+/// to create it, and the loser would otherwise read it before it exists for
+/// its client ("Unknown partition").
 pub async fn ensure_progress_topic(cfg: &KafkaConfig) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = base_config(cfg)
         .create()
@@ -112,7 +115,12 @@ pub async fn ensure_progress_topic(cfg: &KafkaConfig) -> Result<()> {
             Err((t, code)) => return Err(Error::kafka(format!("create topic {t}"), code)),
         }
     }
-    Ok(())
+    let k = cfg.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for_topic(&k, &k.progress_topic, Duration::from_secs(30))
+    })
+    .await
+    .map_err(|e| Error::Other(format!("progress topic check: {e}")))?
 }
 
 /// Deletes `topics` (those that exist): scratch topics of a calibration copy.
