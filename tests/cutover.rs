@@ -157,14 +157,14 @@ async fn a_row_tampered_in_hbase_before_verify_ends_in_no_go_naming_it() {
     assert_eq!(status.code(), Some(1), "NO-GO expected\n{stdout}\n{stderr}");
     assert!(stdout.contains("verdict: NO-GO"), "{stdout}");
     let named = format!("table=message target=hbase key={id} kind=different columns=body");
-    assert!(stdout.contains(&named), "the row is named ({named}):\n{stdout}");
+    assert!(
+        stdout.contains(&named),
+        "the row is named ({named}):\n{stdout}"
+    );
     let v = verdict(&out);
     assert_eq!(v["verdict"], "NO-GO");
     assert!(
-        v["reasons"][0]
-            .as_str()
-            .unwrap()
-            .contains("1 different"),
+        v["reasons"][0].as_str().unwrap().contains("1 different"),
         "{v}"
     );
     // Everything before verify went well: the verdict is about the row alone.

@@ -118,8 +118,9 @@ async fn each_pod_of_the_base_job_takes_its_shard_from_its_completion_index() {
     );
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(
-        out.stderr
-            .contains(&format!("JOB_COMPLETION_INDEX) {n} is not below --shards {n}")),
+        out.stderr.contains(&format!(
+            "JOB_COMPLETION_INDEX) {n} is not below --shards {n}"
+        )),
         "{}",
         out.stderr
     );

@@ -58,7 +58,12 @@ pub async fn calibrate(
         retry: RetryPolicy::default(),
         stop_after_rows: Some(rows),
     };
-    tracing::info!(rows, workers, tag, "calibration copy into scratch topics and tables");
+    tracing::info!(
+        rows,
+        workers,
+        tag,
+        "calibration copy into scratch topics and tables"
+    );
     let outcome = base::run(scratch.clone(), opts).await;
     let cleanup = drop_scratch(&scratch, targets).await;
     let _ = std::fs::remove_dir_all(&state_dir);
@@ -89,7 +94,11 @@ async fn drop_scratch(scratch: &Config, targets: Targets) -> Result<()> {
     }
     if targets.hbase {
         let hb = scratch.hbase.clone();
-        let mut names: Vec<String> = scratch.tables.iter().map(|t| t.hbase_table.clone()).collect();
+        let mut names: Vec<String> = scratch
+            .tables
+            .iter()
+            .map(|t| t.hbase_table.clone())
+            .collect();
         names.push(hb.id_map_table.clone());
         crate::pipeline::commit::blocking(move || {
             let mut c = crate::sink::hbase::HbaseClient::connect(&hb.thrift, hb.framed)?;
@@ -120,7 +129,10 @@ mod tests {
             s.kafka.progress_topic,
             format!("{}.calib1", cfg.kafka.progress_topic)
         );
-        assert_eq!(s.hbase.id_map_table, format!("{}_calib1", cfg.hbase.id_map_table));
+        assert_eq!(
+            s.hbase.id_map_table,
+            format!("{}_calib1", cfg.hbase.id_map_table)
+        );
         assert_eq!(s.source.url, cfg.source.url);
     }
 }

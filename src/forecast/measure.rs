@@ -174,7 +174,11 @@ pub async fn write_rate(
             // The fake rotate sent at connect names the file asked for (see
             // the diff reader): only later rotates move on.
             Some(EventData::RotateEvent(r)) if end > 0 || seen_fde => {
-                file = r.name().chars().take_while(|c| c.is_ascii_graphic()).collect();
+                file = r
+                    .name()
+                    .chars()
+                    .take_while(|c| c.is_ascii_graphic())
+                    .collect();
             }
             Some(EventData::TableMapEvent(t)) => {
                 let ours = t.database_name() == database.as_str()
@@ -302,9 +306,8 @@ impl Recorded {
         for p in files {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| Error::io(format!("read summary {}", p.display()), e))?;
-            let v: serde_json::Value = serde_json::from_str(text.trim()).map_err(|e| {
-                Error::Usage(format!("{} is not a JSON summary: {e}", p.display()))
-            })?;
+            let v: serde_json::Value = serde_json::from_str(text.trim())
+                .map_err(|e| Error::Usage(format!("{} is not a JSON summary: {e}", p.display())))?;
             self.read_summary(&v, &p.display().to_string(), widths);
         }
         for p in found {
@@ -380,10 +383,7 @@ pub fn summary_width(v: &serde_json::Value, widths: &[TableSize]) -> Option<f64>
             let name = t.get("table")?.as_str()?;
             let rows = t.get("rows_read")?.as_u64()?;
             let w = widths.iter().find(|w| w.table == name)?;
-            Some(TableSize {
-                rows,
-                ..w.clone()
-            })
+            Some(TableSize { rows, ..w.clone() })
         })
         .collect();
     super::model::mean_width(&per_table)

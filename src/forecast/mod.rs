@@ -92,15 +92,9 @@ pub async fn run(cfg: Config, opts: PlanOptions) -> Result<PlanReport> {
     let mut calibration: Option<BaseSummary> = None;
     let base_rate = match opts.calibrate_rows {
         Some(n) => {
-            let c = calibrate::calibrate(
-                &cfg,
-                n,
-                opts.workers,
-                opts.targets,
-                &sizes,
-                &opts.state_dir,
-            )
-            .await?;
+            let c =
+                calibrate::calibrate(&cfg, n, opts.workers, opts.targets, &sizes, &opts.state_dir)
+                    .await?;
             calibration = Some(c.summary);
             Some(c.measured)
         }

@@ -629,13 +629,31 @@ mod tests {
         assert_eq!(shard(&["--shard", "1/3"]), "1/3");
         // An index without --shards is ignored (a pod running a one-shard copy).
         assert_eq!(shard(&["--shard-index", "5"]), "0/1");
-        let msg = refused(&["base", "-c", "f.toml", "--shards", "4", "--shard-index", "4"]);
+        let msg = refused(&[
+            "base",
+            "-c",
+            "f.toml",
+            "--shards",
+            "4",
+            "--shard-index",
+            "4",
+        ]);
         assert!(msg.contains("not below --shards 4"), "{msg}");
         assert!(msg.contains("falcon-migrate base"), "{msg}");
-        assert!(refused(&["base", "-c", "f.toml", "--shards", "0", "--shard-index", "0"])
-            .contains("--shards"));
-        assert!(refused(&["base", "-c", "f.toml", "--shard", "0/2", "--shards", "2"])
-            .contains("--shard"));
+        assert!(refused(&[
+            "base",
+            "-c",
+            "f.toml",
+            "--shards",
+            "0",
+            "--shard-index",
+            "0"
+        ])
+        .contains("--shards"));
+        assert!(
+            refused(&["base", "-c", "f.toml", "--shard", "0/2", "--shards", "2"])
+                .contains("--shard")
+        );
     }
 
     #[test]
@@ -643,9 +661,18 @@ mod tests {
         let Command::Plan(p) = parse(&["plan", "-c", "f.toml"]).unwrap().command else {
             panic!("plan")
         };
-        assert_eq!((p.window, p.days, p.workers, p.max_shards), (25_200.0, 1.0, 4, 64));
+        assert_eq!(
+            (p.window, p.days, p.workers, p.max_shards),
+            (25_200.0, 1.0, 4, 64)
+        );
         assert_eq!(p.run_id, vec!["base".to_string()]);
-        for (text, secs) in [("7h", 25_200.0), ("90m", 5_400.0), ("45s", 45.0), ("600", 600.0), ("0.5h", 1_800.0)] {
+        for (text, secs) in [
+            ("7h", 25_200.0),
+            ("90m", 5_400.0),
+            ("45s", 45.0),
+            ("600", 600.0),
+            ("0.5h", 1_800.0),
+        ] {
             assert_eq!(duration_s(text), Ok(secs), "{text}");
         }
         let cases: &[(&[&str], &str)] = &[

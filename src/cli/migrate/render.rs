@@ -258,7 +258,10 @@ pub(super) fn plan(r: &PlanReport) -> String {
             hms(Some(x.window_s)),
             x.source
         ),
-        None => writeln!(w, "source write rate: unknown (the binlog could not be read)"),
+        None => writeln!(
+            w,
+            "source write rate: unknown (the binlog could not be read)"
+        ),
     };
     for (what, m, unit) in [
         ("base  ", &r.base_rate, "rows/s per shard"),
@@ -297,7 +300,8 @@ pub(super) fn plan(r: &PlanReport) -> String {
             d.backlog_changes,
             d.apply_per_s,
             d.incoming_per_s,
-            d.seconds.map_or("never catches up".into(), |s| hms(Some(s)))
+            d.seconds
+                .map_or("never catches up".into(), |s| hms(Some(s)))
         );
     }
     let _ = writeln!(w, "verify: {}", hms(f.verify_s));
