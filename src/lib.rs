@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod fixtures;
+pub mod forecast;
 pub mod position;
 pub mod sink;
 pub mod source;

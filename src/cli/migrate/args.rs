@@ -39,7 +39,8 @@ pub enum Command {
     #[command(after_help = "\
 Examples:
   falcon-migrate base -c falcon.toml --workers 4
-  falcon-migrate base -c falcon.toml --shard \"$JOB_COMPLETION_INDEX/8\"  # one pod of an 8-pod Indexed Job
+  falcon-migrate base -c falcon.toml --shard 2/8                      # the third of 8 machines
+  falcon-migrate base -c falcon.toml --shards 8   # a pod of an 8-pod Indexed Job (index: JOB_COMPLETION_INDEX)
   falcon-migrate base -c falcon.toml --resume                         # after a crash or Ctrl-C")]
     Base(BaseArgs),
     /// Applies the inserts, updates and deletes made since the base (from the binlog).
@@ -56,6 +57,13 @@ Examples:
   falcon-migrate verify -c falcon.toml --report diffs.csv --repair
   falcon-migrate verify -c falcon.toml --target hbase --tables message --json")]
     Verify(VerifyArgs),
+    /// Predicts the night: base time per shard count, diff catch-up, verify, the shards that fit the window.
+    #[command(after_help = "\
+Examples:
+  falcon-migrate plan -c falcon.toml --window 7h
+  falcon-migrate plan -c falcon.toml --calibrate 200000 --workers 4 --json
+  falcon-migrate plan -c falcon.toml --summary base.json --summary diff.json --ceiling 120000 --days 3")]
+    Plan(PlanArgs),
     /// Validates the config and checks that MySQL, Kafka and HBase answer.
     #[command(after_help = "\
 Examples:
@@ -101,9 +109,15 @@ pub struct BaseArgs {
     /// Continue the run recorded in --state-dir, copying only unfinished chunks.
     #[arg(long)]
     pub resume: bool,
-    /// This process's share of the chunks, i/N (e.g. one per pod of an Indexed Job).
-    #[arg(long, default_value = "0/1", value_parser = Shard::parse)]
-    pub shard: Shard,
+    /// This process's share of the chunks, i/N (one per machine or pod) [default: 0/1].
+    #[arg(long, value_parser = Shard::parse, conflicts_with = "shards")]
+    pub shard: Option<Shard>,
+    /// The shard count N, this process's index coming from --shard-index or JOB_COMPLETION_INDEX (a pod of a Kubernetes Indexed Job).
+    #[arg(long, value_name = "N", value_parser = whole_number(1u32, None))]
+    pub shards: Option<u32>,
+    /// This process's shard index, 0 to N-1, with --shards (Kubernetes sets JOB_COMPLETION_INDEX in each pod of an Indexed Job).
+    #[arg(long, value_name = "I", env = "JOB_COMPLETION_INDEX", value_parser = whole_number(0u32, None))]
+    pub shard_index: Option<u32>,
     /// Name of the run: shards of one copy share it; checkpoints and Kafka transactions are keyed by it.
     #[arg(long, default_value = "base", value_parser = run_id)]
     pub run_id: String,
@@ -169,6 +183,51 @@ pub struct VerifyArgs {
     pub drill_rows: u64,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The maintenance window the night must fit, e.g. 7h, 90m, 5400s.
+    #[arg(long, default_value = "7h", value_parser = duration_s)]
+    pub window: f64,
+    /// Days of source changes the diff catch-up is predicted for (more than 0).
+    #[arg(long, default_value_t = 1.0, value_parser = positive("days"))]
+    pub days: f64,
+    /// Measure base by copying about this many rows into scratch topics and tables (deleted afterwards), at least 1000.
+    #[arg(long, value_name = "ROWS", value_parser = whole_number(1000u64, None))]
+    pub calibrate: Option<u64>,
+    /// Workers of the calibration copy (the base runs it predicts use the same), 1 to 256.
+    #[arg(long, default_value_t = 4, value_parser = whole_number(1usize, Some(256)))]
+    pub workers: usize,
+    /// Targets of the base runs predicted (and of the calibration copy).
+    #[arg(long, value_enum, default_value = "all")]
+    pub target: TargetArg,
+    /// A JSON summary of an earlier base, diff --until-now or verify run (repeatable); *.json files under --state-dir are read too.
+    #[arg(long, value_name = "FILE")]
+    pub summary: Vec<PathBuf>,
+    /// Base runs whose record in Kafka gives a throughput (comma-separated).
+    #[arg(long, default_value = "base", value_delimiter = ',', value_parser = run_id)]
+    pub run_id: Vec<String>,
+    /// Most rows/s the shared Kafka and HBase absorb, whatever the shard count (the slowest link; without it shards scale linearly).
+    #[arg(long, value_name = "ROWS_PER_S", value_parser = positive("rows per second"))]
+    pub ceiling: Option<f64>,
+    /// Share of a row's copy cost that grows with its width, 0 to 1: wider tables than the measured rows then cost more.
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
+    pub byte_share: f64,
+    /// Seconds a shard spends before it copies (snapshot, plan, topics, tables) [default: the calibration's, else 0].
+    #[arg(long, value_parser = non_negative)]
+    pub startup: Option<f64>,
+    /// Largest shard count shown (1, 2, 4, … up to it), 1 to 4096.
+    #[arg(long, default_value_t = 64, value_parser = whole_number(1u32, Some(4096)))]
+    pub max_shards: u32,
+    /// Count the rows (a full scan of each table) instead of taking the server's estimate.
+    #[arg(long)]
+    pub exact_counts: bool,
+    /// MiB of the newest binlog read to measure the write rate (at least 1).
+    #[arg(long, default_value_t = 256, value_parser = whole_number(1u64, None))]
+    pub binlog_window_mb: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DiffMode {
     /// Replay the binlog (row events) from a position.
@@ -219,6 +278,23 @@ pub struct DiffArgs {
     pub overlap: Option<u64>,
 }
 
+impl BaseArgs {
+    /// This process's shard: `--shard i/N`, or `--shards N` with the index
+    /// from `--shard-index`/`JOB_COMPLETION_INDEX` (ignored without `--shards`).
+    pub fn shard(&self) -> Result<Shard, String> {
+        match (self.shard, self.shards, self.shard_index) {
+            (Some(s), _, _) => Ok(s),
+            (None, None, _) => Ok(Shard::ALL),
+            (None, Some(n), None) => Err(format!(
+                "--shards {n} needs this process's index: --shard-index I or JOB_COMPLETION_INDEX (set in each pod of an Indexed Job)"
+            )),
+            (None, Some(n), Some(i)) => Shard::parse(&format!("{i}/{n}")).map_err(|_| {
+                format!("--shard-index (or JOB_COMPLETION_INDEX) {i} is not below --shards {n}")
+            }),
+        }
+    }
+}
+
 impl DiffArgs {
     /// The first flag given that the chosen mode has no use for, with what to do instead.
     fn mode_conflict(&self) -> Option<&'static str> {
@@ -242,19 +318,24 @@ impl DiffArgs {
 
 impl crate::cli::Checked for Cli {
     fn check(&self) -> Result<(), clap::Error> {
-        let Command::Diff(args) = &self.command else {
-            return Ok(());
+        let (sub, msg) = match &self.command {
+            Command::Diff(args) => match args.mode_conflict() {
+                Some(msg) => ("diff", msg.to_string()),
+                None => return Ok(()),
+            },
+            Command::Base(args) => match args.shard() {
+                Err(msg) => ("base", msg),
+                Ok(_) => return Ok(()),
+            },
+            _ => return Ok(()),
         };
-        let Some(msg) = args.mode_conflict() else {
-            return Ok(());
-        };
-        // Built so the usage line in the error reads `falcon-migrate diff ...`.
+        // Built so the usage line in the error reads `falcon-migrate <sub> ...`.
         let mut cmd = Cli::command();
         cmd.build();
-        let diff = cmd
-            .find_subcommand_mut("diff")
-            .expect("diff is a subcommand");
-        Err(diff.error(ErrorKind::ArgumentConflict, msg))
+        let found = cmd
+            .find_subcommand_mut(sub)
+            .expect("a subcommand of the CLI");
+        Err(found.error(ErrorKind::ArgumentConflict, msg))
     }
 }
 
@@ -294,6 +375,38 @@ where
             None if v < min => Err(format!("must be at least {min}")),
             _ => Ok(v),
         }
+    }
+}
+
+/// A duration as `falcon-fixtures churn --duration` takes it (`7h`, `90m`,
+/// `45s`, plain seconds), in seconds; more than 0.
+fn duration_s(s: &str) -> Result<f64, String> {
+    match crate::cli::fixtures::parse_duration(s).map(|d| d.as_secs_f64()) {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        Ok(_) => Err("must be more than 0".into()),
+        Err(e) => Err(format!("{e}: expected e.g. 7h, 90m or 5400s")),
+    }
+}
+
+/// A number more than 0 (NaN and infinity refused).
+fn positive(what: &'static str) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync {
+    move |s| match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("expected {what}, more than 0, got {s:?}")),
+    }
+}
+
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("expected a share from 0 to 1, got {s:?}")),
+    }
+}
+
+fn non_negative(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("expected seconds, at least 0, got {s:?}")),
     }
 }
 
@@ -350,7 +463,7 @@ mod tests {
             (4, 20_000, 10)
         );
         assert_eq!(
-            (b.run_id.as_str(), b.shard.to_string()),
+            (b.run_id.as_str(), b.shard().unwrap().to_string()),
             ("base", "0/1".into())
         );
         assert_eq!(b.max_rows_per_sec, None);
@@ -503,6 +616,95 @@ mod tests {
     }
 
     #[test]
+    fn a_pods_shard_comes_from_its_completion_index() {
+        let shard = |args: &[&str]| {
+            let mut full = vec!["base", "-c", "f.toml"];
+            full.extend_from_slice(args);
+            let Command::Base(b) = parse(&full).unwrap().command else {
+                panic!("base")
+            };
+            b.shard().unwrap().to_string()
+        };
+        for i in 0..4 {
+            let idx = i.to_string();
+            assert_eq!(
+                shard(&["--shards", "4", "--shard-index", &idx]),
+                format!("{i}/4")
+            );
+        }
+        assert_eq!(shard(&["--shard", "1/3"]), "1/3");
+        // An index without --shards is ignored (a pod running a one-shard copy).
+        assert_eq!(shard(&["--shard-index", "5"]), "0/1");
+        let msg = refused(&[
+            "base",
+            "-c",
+            "f.toml",
+            "--shards",
+            "4",
+            "--shard-index",
+            "4",
+        ]);
+        assert!(msg.contains("not below --shards 4"), "{msg}");
+        assert!(msg.contains("falcon-migrate base"), "{msg}");
+        assert!(refused(&[
+            "base",
+            "-c",
+            "f.toml",
+            "--shards",
+            "0",
+            "--shard-index",
+            "0"
+        ])
+        .contains("--shards"));
+        assert!(
+            refused(&["base", "-c", "f.toml", "--shard", "0/2", "--shards", "2"])
+                .contains("--shard")
+        );
+    }
+
+    #[test]
+    fn plan_takes_durations_and_refuses_nonsense() {
+        let Command::Plan(p) = parse(&["plan", "-c", "f.toml"]).unwrap().command else {
+            panic!("plan")
+        };
+        assert_eq!(
+            (p.window, p.days, p.workers, p.max_shards),
+            (25_200.0, 1.0, 4, 64)
+        );
+        assert_eq!(p.run_id, vec!["base".to_string()]);
+        for (text, secs) in [
+            ("7h", 25_200.0),
+            ("90m", 5_400.0),
+            ("45s", 45.0),
+            ("600", 600.0),
+            ("0.5h", 1_800.0),
+        ] {
+            assert_eq!(duration_s(text), Ok(secs), "{text}");
+        }
+        let cases: &[(&[&str], &str)] = &[
+            (&["--window", "0h"], "--window"),
+            (&["--window", "7d"], "--window"),
+            (&["--window", "h"], "--window"),
+            (&["--window", "1h30m"], "--window"),
+            (&["--days", "0"], "--days"),
+            (&["--days", "NaN"], "--days"),
+            (&["--calibrate", "10"], "--calibrate"),
+            (&["--ceiling=-5"], "--ceiling"),
+            (&["--ceiling", "0"], "--ceiling"),
+            (&["--startup=-1"], "--startup"),
+            (&["--byte-share", "1.5"], "--byte-share"),
+            (&["--max-shards", "0"], "--max-shards"),
+            (&["--workers", "0"], "--workers"),
+        ];
+        for (rest, flag) in cases {
+            let mut full = vec!["plan", "-c", "f.toml"];
+            full.extend_from_slice(rest);
+            let msg = refused(&full);
+            assert!(msg.contains(flag), "{full:?}: {msg}");
+        }
+    }
+
+    #[test]
     fn run_ids_are_short_plain_names() {
         for id in ["base", "b-1", "run_2026.11.28", "B", &"x".repeat(64)] {
             assert!(
@@ -566,7 +768,7 @@ mod tests {
 
     #[test]
     fn each_subcommand_help_shows_examples() {
-        for sub in ["base", "diff", "verify", "check"] {
+        for sub in ["base", "diff", "verify", "plan", "check"] {
             let e = parse(&[sub, "--help"]).expect_err("help is an early exit");
             assert!(!e.use_stderr(), "--help goes to stdout and exits 0");
             let text = e.to_string();

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::args::{
-    BaseArgs, Command, CommonArgs, DiffArgs, DiffMode, TargetArg, VerifyArgs, DEFAULT_OVERLAP_S,
+    BaseArgs, Command, CommonArgs, DiffArgs, DiffMode, PlanArgs, TargetArg, VerifyArgs,
+    DEFAULT_OVERLAP_S,
 };
 use super::render::{self, CheckReport};
 use crate::config::Config;
@@ -22,6 +23,7 @@ pub(super) async fn dispatch(cmd: Command) -> Result<i32> {
         Command::Diff(args) if args.mode == DiffMode::Watermark => diff_watermark(args).await,
         Command::Diff(args) => diff(args).await,
         Command::Verify(args) => verify(args).await,
+        Command::Plan(args) => plan(args).await,
     }
 }
 
@@ -78,13 +80,14 @@ async fn base(args: BaseArgs) -> Result<i32> {
         chunk_rows: args.chunk_rows,
         targets: targets(args.target),
         resume: args.resume,
-        shard: args.shard,
+        shard: args.shard().map_err(Error::Usage)?,
         max_rows_per_sec: args.max_rows_per_sec,
         max_threads_running: args.max_threads_running,
         dry_run: args.dry_run,
         tables: args.tables.clone(),
         progress_every: Duration::from_secs(args.progress_interval),
         retry: retry(args.retry_budget),
+        stop_after_rows: None,
     };
     match base::run(cfg, opts).await? {
         BaseOutcome::Planned(plan) => {
@@ -190,4 +193,27 @@ async fn diff_watermark(args: DiffArgs) -> Result<i32> {
     } else {
         exit::OK
     })
+}
+
+async fn plan(args: PlanArgs) -> Result<i32> {
+    let cfg = Config::load(&args.common.config)?;
+    let opts = crate::forecast::PlanOptions {
+        state_dir: args.common.state_dir.clone(),
+        summaries: args.summary.clone(),
+        run_ids: args.run_id.clone(),
+        calibrate_rows: args.calibrate,
+        workers: args.workers,
+        targets: targets(args.target),
+        exact_counts: args.exact_counts,
+        binlog_window_bytes: args.binlog_window_mb << 20,
+        ceiling: args.ceiling,
+        byte_share: args.byte_share,
+        startup_s: args.startup,
+        days: args.days,
+        window_s: args.window,
+        max_shards: args.max_shards,
+    };
+    let report = crate::forecast::run(cfg, opts).await?;
+    render::print(args.common.json, || render::plan(&report), &report);
+    Ok(exit::OK)
 }

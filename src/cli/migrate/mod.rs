@@ -1,4 +1,4 @@
-//! `falcon-migrate`: base, diff, verify, check.
+//! `falcon-migrate`: base, diff, verify, plan, check.
 //!
 //! `args` parses and checks the command line (ranges, run ids, flags of one
 //! diff mode only), `dispatch` turns checked arguments into each phase's
@@ -8,7 +8,9 @@ mod args;
 mod dispatch;
 mod render;
 
-pub use args::{BaseArgs, Cli, Command, CommonArgs, DiffArgs, DiffMode, TargetArg, VerifyArgs};
+pub use args::{
+    BaseArgs, Cli, Command, CommonArgs, DiffArgs, DiffMode, PlanArgs, TargetArg, VerifyArgs,
+};
 
 pub fn main() -> i32 {
     super::execute(

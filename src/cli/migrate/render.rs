@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::forecast::PlanReport;
 use crate::pipeline::base::{BaseSummary, DryRun};
 use crate::pipeline::diff::DiffSummary;
 use crate::pipeline::watermark::{Watermark, WatermarkSummary};
@@ -213,6 +214,111 @@ pub(super) fn watermark(s: &WatermarkSummary) -> String {
             "{} rows dead-lettered: {}",
             s.dead_lettered, s.dead_letter_file
         );
+    }
+    w
+}
+
+/// Seconds as `2h 05m 09s` (`-` when unknown or never).
+pub(super) fn hms(s: Option<f64>) -> String {
+    let Some(s) = s.filter(|s| s.is_finite() && *s >= 0.0) else {
+        return "-".into();
+    };
+    let t = s.round() as u64;
+    format!("{}h {:02}m {:02}s", t / 3600, t % 3600 / 60, t % 60)
+}
+
+pub(super) fn plan(r: &PlanReport) -> String {
+    let f = &r.forecast;
+    let mut w = format!(
+        "plan for {}: {} rows, {:.0} MiB in {} table(s); window {}, diff catch-up of {} day(s)\n",
+        r.database,
+        f.rows,
+        f.data_bytes as f64 / 1048576.0,
+        r.tables.len(),
+        hms(Some(r.window_s)),
+        r.days
+    );
+    for t in &r.tables {
+        let _ = writeln!(
+            w,
+            "  {:<14} {:>13} rows  {:>6} B/row  {:>9.1} MiB",
+            t.table,
+            t.rows,
+            t.avg_row_bytes,
+            t.data_bytes as f64 / 1048576.0
+        );
+    }
+    let _ = match &r.writes {
+        Some(x) => writeln!(
+            w,
+            "source writes {:.0} row changes/h, {:.1} MiB/h of binlog ({} changes over {}, {})",
+            x.changes_per_h,
+            x.bytes_per_h / 1048576.0,
+            x.changes,
+            hms(Some(x.window_s)),
+            x.source
+        ),
+        None => writeln!(
+            w,
+            "source write rate: unknown (the binlog could not be read)"
+        ),
+    };
+    for (what, m, unit) in [
+        ("base  ", &r.base_rate, "rows/s per shard"),
+        ("diff  ", &r.diff_rate, "changes/s"),
+        ("verify", &r.verify_rate, "rows/s"),
+    ] {
+        let _ = match m {
+            Some(m) => writeln!(w, "{what} {:>10.0} {unit} ({})", m.per_s, m.source),
+            None => writeln!(w, "{what} {:>10} {unit} (not measured)", "-"),
+        };
+    }
+    if !f.base.is_empty() {
+        let _ = writeln!(
+            w,
+            "  shards      rows/s          base   (start {:.0}s each{})",
+            r.startup_s,
+            r.ceiling
+                .map_or(String::new(), |c| format!(", ceiling {c:.0} rows/s"))
+        );
+        for b in &f.base {
+            let _ = writeln!(
+                w,
+                "  {:>6} {:>11.0} {:>13}{}",
+                b.shards,
+                b.rows_per_s,
+                hms(Some(b.seconds)),
+                if b.capped { "  (at the ceiling)" } else { "" }
+            );
+        }
+    }
+    if let Some(d) = &f.diff {
+        let _ = writeln!(
+            w,
+            "diff catch-up of {} day(s): {:.0} changes at {:.0}/s while {:.2}/s arrive: {}",
+            r.days,
+            d.backlog_changes,
+            d.apply_per_s,
+            d.incoming_per_s,
+            d.seconds
+                .map_or("never catches up".into(), |s| hms(Some(s)))
+        );
+    }
+    let _ = writeln!(w, "verify: {}", hms(f.verify_s));
+    let _ = match &f.fit {
+        Some(n) => writeln!(
+            w,
+            "fits the window: {} shard(s): base {} + catch-up {} + verify {} = {}",
+            n.shards,
+            hms(Some(n.base_s)),
+            hms(n.catch_up_s),
+            hms(n.verify_s),
+            hms(n.total_s)
+        ),
+        None => writeln!(w, "fits the window: no shard count shown"),
+    };
+    for n in &f.notes {
+        let _ = writeln!(w, "note: {n}");
     }
     w
 }

@@ -34,7 +34,7 @@ const BATCH_BYTES: usize = 4 << 20;
 pub(super) async fn worker(sh: Arc<Shared>, mut committer: Committer) -> Result<()> {
     let mut admission = Admission::new(sh.rooms.clone(), sh.cfg.kafka.message_max_bytes);
     loop {
-        if sh.stop.load(Ordering::SeqCst) {
+        if sh.stop.load(Ordering::SeqCst) || sh.sample_taken() {
             return Ok(());
         }
         let Some(chunk) = sh

@@ -58,6 +58,9 @@ pub struct BaseOptions {
     pub tables: Option<Vec<String>>,
     pub progress_every: Duration,
     pub retry: RetryPolicy,
+    /// Take no new chunk once this many rows were read (`plan --calibrate`:
+    /// a measured sample of the copy, not the whole of it).
+    pub stop_after_rows: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -85,6 +88,9 @@ pub struct BaseSummary {
     pub resumed: bool,
     pub start_position: Position,
     pub elapsed_s: f64,
+    /// Seconds the workers copied (elapsed less the start: snapshot, plan,
+    /// topics and tables).
+    pub copy_s: f64,
     pub rows_per_s: f64,
     pub rows_read: u64,
     pub dead_lettered: u64,
@@ -263,6 +269,20 @@ pub(crate) struct Shared {
     stop: AtomicBool,
 }
 
+impl Shared {
+    /// Whether `stop_after_rows` rows were read: the workers take no new chunk.
+    fn sample_taken(&self) -> bool {
+        self.opts.stop_after_rows.is_some_and(|limit| {
+            let read: u64 = self
+                .tables
+                .iter()
+                .map(|t| t.counters.read.load(Ordering::Relaxed))
+                .sum();
+            read >= limit
+        })
+    }
+}
+
 pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
     let started = Instant::now();
     if !opts.targets.kafka && !opts.targets.hbase {
@@ -347,6 +367,7 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
     let monitor = opts
         .max_threads_running
         .map(|limit| tokio::spawn(copy::watch_threads_running(shared.clone(), limit)));
+    let copy_started = Instant::now();
     let mut handles = Vec::new();
     let mut producers = begun.producers.into_iter();
     for w in 0..opts.workers {
@@ -377,7 +398,7 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
         &run_dir,
         &nonempty,
         &begun.prepared,
-        started,
+        (started, copy_started),
         begun.resumed,
     )?;
     let all_done = summary.tables.iter().all(|t| t.chunks_done >= t.chunks);
@@ -458,7 +479,7 @@ fn summarize(
     run_dir: &crate::checkpoint::RunDir,
     nonempty: &[Chunk],
     prepared: &(Vec<String>, Vec<String>),
-    started: Instant,
+    (started, copy_started): (Instant, Instant),
     resumed: bool,
 ) -> Result<BaseSummary> {
     let record = &sh.record;
@@ -507,6 +528,7 @@ fn summarize(
         resumed,
         start_position: record.start_position.clone(),
         elapsed_s: elapsed,
+        copy_s: copy_started.elapsed().as_secs_f64(),
         rows_per_s: copied as f64 / elapsed.max(1e-9),
         rows_read: tables.iter().map(|s| s.rows_read).sum(),
         dead_lettered: tables.iter().map(|s| s.dead_lettered).sum(),

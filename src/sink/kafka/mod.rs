@@ -90,7 +90,10 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Creates the compacted one-partition topic that holds chunk markers.
+/// Creates the compacted one-partition topic that holds chunk markers, and
+/// waits until the brokers' metadata shows it: shards started together race
+/// to create it, and the loser would otherwise read it before it exists for
+/// its client ("Unknown partition").
 pub async fn ensure_progress_topic(cfg: &KafkaConfig) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = base_config(cfg)
         .create()
@@ -112,5 +115,58 @@ pub async fn ensure_progress_topic(cfg: &KafkaConfig) -> Result<()> {
             Err((t, code)) => return Err(Error::kafka(format!("create topic {t}"), code)),
         }
     }
+    let k = cfg.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for_topic(&k, &k.progress_topic, Duration::from_secs(30))
+    })
+    .await
+    .map_err(|e| Error::Other(format!("progress topic check: {e}")))?
+}
+
+/// Deletes `topics` (those that exist): scratch topics of a calibration copy.
+pub async fn delete_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = base_config(cfg)
+        .create()
+        .map_err(|e| Error::kafka("admin client", e))?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .delete_topics(topics, &opts)
+        .await
+        .map_err(|e| Error::kafka("delete topics", e))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((t, code)) => return Err(Error::kafka(format!("delete topic {t}"), code)),
+        }
+    }
     Ok(())
+}
+
+/// Waits until the brokers' metadata shows `topic` with its partitions (a
+/// topic just created is unknown to a client for a moment), at most `limit`.
+pub fn wait_for_topic(cfg: &KafkaConfig, topic: &str, limit: Duration) -> Result<()> {
+    let consumer: BaseConsumer = base_config(cfg)
+        .create()
+        .map_err(|e| Error::config("kafka.brokers", e))?;
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let ready = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .ok()
+            .is_some_and(|md| {
+                md.topics()
+                    .iter()
+                    .any(|t| t.error().is_none() && !t.partitions().is_empty())
+            });
+        if ready {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::kafka(
+                format!("topic {topic} not ready after {limit:?}"),
+                RDKafkaErrorCode::UnknownTopicOrPartition,
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
