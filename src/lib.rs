@@ -14,6 +14,7 @@ pub mod fixtures;
 pub mod position;
 pub mod sink;
 pub mod source;
+pub mod tls;
 
 pub use error::{Error, Result};
 pub mod checkpoint;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::Row;
 
-use crate::config::{Config, TableMapping};
+use crate::config::{Config, SslMode, TableMapping};
 use crate::error::{Error, Result};
 use crate::mapping::{self, TableSpec};
 use crate::position::Position;
@@ -43,6 +43,58 @@ pub async fn connect(cfg: &Config, size: u32) -> Result<MySqlPool> {
                 other => other.to_string(),
             },
         })
+}
+
+/// A single mysql_async connection to the source (the binlog stream: sqlx
+/// cannot speak the replication protocol), with the same URL, password and
+/// TLS settings as [`connect`]. `preferred` tries TLS and falls back to a
+/// plain session only when the server offers no TLS at all.
+pub async fn binlog_conn(cfg: &Config) -> Result<mysql_async::Conn> {
+    let shown = cfg.path.display().to_string();
+    let opts = mysql_async::Opts::from_url(&cfg.source.url)
+        .map_err(|e| Error::config(&shown, format!("source.url: {e}")))?;
+    let mut b = mysql_async::OptsBuilder::from_opts(opts);
+    if let Some(p) = cfg.source_password() {
+        b = b.pass(Some(p));
+    }
+    let unreachable = |e: mysql_async::Error| Error::Unreachable {
+        what: "MySQL (binlog)",
+        target: cfg.source_endpoint(),
+        message: e.to_string(),
+    };
+    let Some(ssl) = binlog_ssl(cfg)? else {
+        return mysql_async::Conn::new(b).await.map_err(unreachable);
+    };
+    match mysql_async::Conn::new(b.clone().ssl_opts(ssl)).await {
+        Err(mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer))
+            if cfg.source.tls.mode == SslMode::Preferred =>
+        {
+            mysql_async::Conn::new(b).await.map_err(unreachable)
+        }
+        other => other.map_err(unreachable),
+    }
+}
+
+/// mysql_async's TLS options for the configured mode (`None`: plain).
+fn binlog_ssl(cfg: &Config) -> Result<Option<mysql_async::SslOpts>> {
+    let t = &cfg.source.tls;
+    if t.mode == SslMode::Disabled {
+        return Ok(None);
+    }
+    let mut ssl = mysql_async::SslOpts::default()
+        .with_danger_accept_invalid_certs(!t.mode.verifies_ca())
+        .with_danger_skip_domain_validation(t.mode != SslMode::VerifyIdentity);
+    if let Some(ca) = &t.ca {
+        ssl = ssl.with_root_certs(vec![ca.clone().into()]);
+    }
+    if let (Some(cert), Some(key)) = (&t.cert, &t.key) {
+        // native-tls takes a client identity as PKCS#12 only: made in memory
+        // from the PEM files sqlx reads as they are.
+        let der = crate::tls::pkcs12_identity(cert, key)
+            .map_err(|m| Error::config(cfg.path.display().to_string(), m))?;
+        ssl = ssl.with_client_identity(Some(mysql_async::ClientIdentity::new(der.into())));
+    }
+    Ok(Some(ssl))
 }
 
 /// The source's current binlog coordinates and GTID set.

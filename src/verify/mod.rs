@@ -227,7 +227,7 @@ pub async fn run(cfg: Config, opts: VerifyOptions) -> Result<VerifySummary> {
                 .collect::<Vec<_>>(),
         );
         blocking(move || {
-            let mut c = HbaseClient::connect(&hb.thrift, hb.framed)?;
+            let mut c = HbaseClient::connect(&hb)?;
             for n in names {
                 if !c.table_exists(&n)? {
                     return Err(Error::Usage(format!(

@@ -34,11 +34,9 @@ async fn check(args: &CommonArgs) -> Result<i32> {
         .await
         .map_err(|e| Error::Other(e.to_string()))??;
     let hb = cfg.hbase.clone();
-    tokio::task::spawn_blocking(move || {
-        crate::sink::hbase::HbaseClient::connect(&hb.thrift, hb.framed).map(|_| ())
-    })
-    .await
-    .map_err(|e| Error::Other(e.to_string()))??;
+    tokio::task::spawn_blocking(move || crate::sink::hbase::HbaseClient::connect(&hb).map(|_| ()))
+        .await
+        .map_err(|e| Error::Other(e.to_string()))??;
     let report = CheckReport {
         command: "check",
         config: args.config.display().to_string(),
