@@ -151,3 +151,53 @@ fn mysql_ssl_request(s: &mut TcpStream) -> std::io::Result<bool> {
     s.write_all(&req)?;
     Ok(true)
 }
+
+/// How one server's connection is protected, as `check` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Security {
+    pub encrypted: bool,
+    /// Protocol and cipher, when the server says (MySQL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cipher: Option<String>,
+    /// What of the server's certificate the tool checks: `chain and name`,
+    /// `chain`, or `nothing`.
+    pub verified: &'static str,
+    /// How the tool proves who it is.
+    pub authenticated: String,
+    /// The certificate the server presented.
+    pub certificate: Option<PeerCert>,
+}
+
+impl Security {
+    pub fn plain(authenticated: impl Into<String>) -> Security {
+        Security {
+            encrypted: false,
+            cipher: None,
+            verified: "nothing",
+            authenticated: authenticated.into(),
+            certificate: None,
+        }
+    }
+
+    /// One line of words: `encrypted (…), certificate …; authenticated: …`.
+    pub fn describe(&self) -> String {
+        let mut w = if self.encrypted {
+            let mut w = "encrypted".to_string();
+            if let Some(c) = &self.cipher {
+                w += &format!(" ({c})");
+            }
+            w += &format!(", server certificate checked: {}", self.verified);
+            w
+        } else {
+            "NOT encrypted".to_string()
+        };
+        w += &format!("; authenticated: {}", self.authenticated);
+        if let Some(c) = &self.certificate {
+            w += &format!(
+                "; certificate {} (issuer {}), expires {} ({} days)",
+                c.subject, c.issuer, c.expires, c.days_left
+            );
+        }
+        w
+    }
+}

@@ -71,11 +71,13 @@ pub fn split_url_params(url: &str) -> Result<(String, UrlTls), String> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let v = percent_decode(v);
         match k.replace('_', "-").to_ascii_lowercase().as_str() {
-            "ssl-mode" | "sslmode" => tls.mode = Some(SslMode::parse(&v).ok_or_else(|| {
-                format!(
+            "ssl-mode" | "sslmode" => {
+                tls.mode = Some(SslMode::parse(&v).ok_or_else(|| {
+                    format!(
                     "{k}={v}: expected disabled, preferred, required, verify_ca or verify_identity"
                 )
-            })?),
+                })?)
+            }
             "ssl-ca" | "sslrootcert" => tls.ca = Some(PathBuf::from(v)),
             "ssl-cert" | "sslcert" => tls.cert = Some(PathBuf::from(v)),
             "ssl-key" | "sslkey" => tls.key = Some(PathBuf::from(v)),

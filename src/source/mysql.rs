@@ -9,6 +9,7 @@ use crate::config::{Config, SslMode, TableMapping};
 use crate::error::{Error, Result};
 use crate::mapping::{self, TableSpec};
 use crate::position::Position;
+use crate::tls::Security;
 
 /// A pool of `size` connections; fails with a clear "cannot connect" naming the
 /// host (never the password) when the server does not answer.
@@ -121,11 +122,63 @@ pub async fn binlog_position(pool: &MySqlPool) -> Result<Position> {
 }
 
 /// Checks the source is reachable and the binlog is usable.
-pub async fn check(cfg: &Config) -> Result<Position> {
+pub async fn check(cfg: &Config) -> Result<(Position, Security)> {
     let pool = connect(cfg, 1).await?;
     let pos = binlog_position(&pool).await?;
+    let security = security(cfg, &pool).await?;
     pool.close().await;
-    Ok(pos)
+    Ok((pos, security))
+}
+
+/// How the tool's sessions with the source are protected: the server's own
+/// word (`Ssl_version`, `Ssl_cipher` of this session) and the certificate
+/// it presents.
+pub async fn security(cfg: &Config, pool: &MySqlPool) -> Result<Security> {
+    let rows =
+        sqlx::query("SHOW SESSION STATUS WHERE Variable_name IN ('Ssl_version', 'Ssl_cipher')")
+            .fetch_all(pool)
+            .await
+            .map_err(|e| Error::mysql("read the session's TLS status", e))?;
+    let status = |name: &str| {
+        rows.iter()
+            .find(|r| r.try_get::<String, _>(0).is_ok_and(|n| n == name))
+            .and_then(|r| r.try_get::<String, _>(1).ok())
+            .filter(|v| !v.is_empty())
+    };
+    let user = cfg.source_connect_options()?.get_username().to_string();
+    let t = &cfg.source.tls;
+    let Some(cipher) = status("Ssl_cipher") else {
+        return Ok(Security::plain(format!("password (user {user})")));
+    };
+    let endpoint = cfg.source_endpoint();
+    let certificate = tokio::task::spawn_blocking(move || {
+        crate::tls::peer_certificate(&endpoint, crate::tls::StartTls::Mysql)
+    })
+    .await
+    .map_err(|e| Error::Other(e.to_string()))?
+    .map_err(|m| Error::Unreachable {
+        what: "MySQL",
+        target: cfg.source_endpoint(),
+        message: m,
+    })?;
+    Ok(Security {
+        encrypted: true,
+        cipher: Some(format!(
+            "{} {cipher}",
+            status("Ssl_version").unwrap_or_default()
+        )),
+        verified: match t.mode {
+            SslMode::VerifyIdentity => "chain and name",
+            SslMode::VerifyCa => "chain",
+            _ => "nothing",
+        },
+        authenticated: if t.cert.is_some() {
+            format!("password (user {user}) and client certificate")
+        } else {
+            format!("password (user {user})")
+        },
+        certificate,
+    })
 }
 
 /// A mapped source table as found on the server.

@@ -210,7 +210,8 @@ impl HbaseClient {
             .table_exists(table_name("hbase:meta"))
             .map_err(|e| {
                 unreachable(format!(
-                    "{} (is the gateway Thrift2, framed={framed}, http={}, tls={}?)",
+                    "{}: no Thrift2 reply (is the gateway Thrift2 with framed={framed}, http={}, tls={}? \
+                     a TLS gateway drops a plain client)",
                     describe(&e).0,
                     cfg.http,
                     cfg.tls
@@ -223,9 +224,25 @@ impl HbaseClient {
         &self.addr
     }
 
-    /// The certificate the gateway presented (TLS only).
-    pub fn peer_certificate(&self) -> Option<&PeerCert> {
-        self.peer.as_ref()
+    /// How this connection is protected, for `check`'s report.
+    pub fn security(&self) -> crate::tls::Security {
+        // The gateway's Thrift and HTTP modes take no client credentials
+        // unless it runs with Kerberos (not supported here: see the README).
+        let auth = "none (the gateway asks for no credentials)";
+        if self.tls.is_none() {
+            return crate::tls::Security::plain(auth);
+        }
+        crate::tls::Security {
+            encrypted: true,
+            cipher: None,
+            verified: if self.verify {
+                "chain and name"
+            } else {
+                "nothing"
+            },
+            authenticated: auth.into(),
+            certificate: self.peer.clone(),
+        }
     }
 
     pub fn table_exists(&mut self, table: &str) -> Result<bool> {

@@ -85,12 +85,28 @@ impl Recorder {
     }
 }
 
-impl rdkafka::ClientContext for Recorder {
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        tracing::debug!(%error, reason, "librdkafka");
+impl Recorder {
+    fn keep(&self, reason: &str) {
         if let Ok(mut g) = self.last.lock() {
             *g = Some(reason.to_string());
         }
+    }
+}
+
+impl rdkafka::ClientContext for Recorder {
+    // A failed connection attempt is logged (facility FAIL) from librdkafka's
+    // broker thread as it happens; errors reach `error` only when polled.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        tracing::debug!(fac, message, "librdkafka");
+        if matches!(level, L::Emerg | L::Alert | L::Critical | L::Error) {
+            self.keep(message);
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "librdkafka");
+        self.keep(reason);
     }
 }
 
@@ -136,6 +152,53 @@ pub fn check(cfg: &KafkaConfig) -> Result<usize> {
             },
         })?;
     Ok(md.brokers().len())
+}
+
+/// How the Kafka clients' connections are protected, from the settings
+/// librdkafka used for the [`check`] that just passed, and the certificate
+/// the first broker presents.
+pub fn security(cfg: &KafkaConfig) -> crate::tls::Security {
+    let get = |k: &str| cfg.client.get(k).map(str::to_ascii_lowercase);
+    let protocol = get("security.protocol").unwrap_or_else(|| "plaintext".into());
+    let authenticated = if protocol.starts_with("sasl") {
+        format!(
+            "SASL {} (user {})",
+            cfg.client
+                .get("sasl.mechanism")
+                .or(cfg.client.get("sasl.mechanisms"))
+                .unwrap_or("GSSAPI"),
+            cfg.client.get("sasl.username").unwrap_or("-")
+        )
+    } else if protocol == "ssl" && cfg.client.get("ssl.certificate.location").is_some() {
+        "client certificate".into()
+    } else {
+        "none".into()
+    };
+    if !protocol.ends_with("ssl") {
+        return crate::tls::Security::plain(authenticated);
+    }
+    let chain = get("enable.ssl.certificate.verification").as_deref() != Some("false");
+    let name = get("ssl.endpoint.identification.algorithm").as_deref() != Some("none");
+    let first = cfg
+        .brokers
+        .split(',')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    crate::tls::Security {
+        encrypted: true,
+        cipher: None,
+        verified: match (chain, name) {
+            (true, true) => "chain and name",
+            (true, false) => "chain",
+            _ => "nothing",
+        },
+        authenticated,
+        certificate: crate::tls::peer_certificate(&first, crate::tls::StartTls::Immediate)
+            .ok()
+            .flatten(),
+    }
 }
 
 /// Creates the topics that do not exist yet.
