@@ -18,15 +18,17 @@ source scripts/stack/env.sh
 # The generated configs below name their own database: no URL override.
 unset FALCON_MYSQL_URL FALCON_KAFKA_BROKERS FALCON_HBASE_THRIFT
 cargo build --release --quiet --bins
-admin=(mariadb --no-defaults --protocol=TCP -h 127.0.0.1 -P 3306 -u falcon_admin -pfalcon_admin)
+# Passwords travel in the environment only (never in a process's arguments).
+export FALCON_MYSQL_ADMIN_PASSWORD="${FALCON_MYSQL_ADMIN_PASSWORD:-falcon_admin}"
+admin() { MYSQL_PWD="$FALCON_MYSQL_ADMIN_PASSWORD" mariadb --no-defaults --protocol=TCP -h 127.0.0.1 -P 3306 -u falcon_admin "$@"; }
 
 if [[ "${BENCH_SKIP_GENERATE:-}" != 1 ]]; then
-  "${admin[@]}" -e "CREATE DATABASE IF NOT EXISTS $db CHARACTER SET utf8mb4"
-  FALCON_MYSQL_ADMIN_URL="mysql://falcon_admin:falcon_admin@127.0.0.1:3306/$db" \
+  admin -e "CREATE DATABASE IF NOT EXISTS $db CHARACTER SET utf8mb4"
+  FALCON_MYSQL_ADMIN_URL="mysql://falcon_admin@127.0.0.1:3306/$db" \
     target/release/falcon-fixtures generate --messages "$messages" --seed 42 >"$out/generate.json"
 fi
-rows=$("${admin[@]}" -N -B "$db" -e "SELECT (SELECT COUNT(*) FROM message)+(SELECT COUNT(*) FROM room)+(SELECT COUNT(*) FROM account)+(SELECT COUNT(*) FROM room_member)")
-msgs=$("${admin[@]}" -N -B "$db" -e "SELECT COUNT(*) FROM message")
+rows=$(admin -N -B "$db" -e "SELECT (SELECT COUNT(*) FROM message)+(SELECT COUNT(*) FROM room)+(SELECT COUNT(*) FROM account)+(SELECT COUNT(*) FROM room_member)")
+msgs=$(admin -N -B "$db" -e "SELECT COUNT(*) FROM message")
 
 config() { # config NAME -> path of a config with its own topics and tables
   local f="$out/$1.toml"
@@ -67,7 +69,7 @@ evsize=$( (kcat -C -b 127.0.0.1:9092 -t "bench.${tag}kafka.message" -o beginning
 # Ceilings. Source: the stock client scanning the same tables, rows discarded.
 t0=$(date +%s.%N)
 for t in account room room_member message; do
-  "${admin[@]}" --quick -N -B "$db" -e "SELECT * FROM $t" >/dev/null
+  admin --quick -N -B "$db" -e "SELECT * FROM $t" >/dev/null
 done
 src_s=$(python3 -c "import time; print(max(time.time() - $t0, 1e-3))")
 src_rps=$(python3 -c "print(round($rows / $src_s))")

@@ -20,12 +20,14 @@ bash scripts/stack.sh up >/dev/null
 # shellcheck source=scripts/stack/env.sh
 source scripts/stack/env.sh
 unset FALCON_MYSQL_URL FALCON_KAFKA_BROKERS FALCON_HBASE_THRIFT
-export FALCON_MYSQL_ADMIN_URL="mysql://falcon_admin:falcon_admin@127.0.0.1:3306/$db"
+export FALCON_MYSQL_ADMIN_URL="mysql://falcon_admin@127.0.0.1:3306/$db"
 cargo build --release --quiet --bins
-admin=(mariadb --no-defaults --protocol=TCP -h 127.0.0.1 -P 3306 -u falcon_admin -pfalcon_admin)
+# Passwords travel in the environment only (never in a process's arguments).
+export FALCON_MYSQL_ADMIN_PASSWORD="${FALCON_MYSQL_ADMIN_PASSWORD:-falcon_admin}"
+admin() { MYSQL_PWD="$FALCON_MYSQL_ADMIN_PASSWORD" mariadb --no-defaults --protocol=TCP -h 127.0.0.1 -P 3306 -u falcon_admin "$@"; }
 
 if [[ "${BENCH_SKIP_GENERATE:-}" != 1 ]]; then
-  "${admin[@]}" -e "DROP DATABASE IF EXISTS $db; CREATE DATABASE $db CHARACTER SET utf8mb4"
+  admin -e "DROP DATABASE IF EXISTS $db; CREATE DATABASE $db CHARACTER SET utf8mb4"
   target/release/falcon-fixtures generate --messages "$messages" --seed 42 >"$out/generate.json"
 fi
 

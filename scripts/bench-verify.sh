@@ -18,15 +18,17 @@ source scripts/stack/env.sh
 unset FALCON_MYSQL_URL FALCON_KAFKA_BROKERS FALCON_HBASE_THRIFT
 export FALCON_MYSQL_PASSWORD="${FALCON_MYSQL_PASSWORD:-falcon}"
 cargo build --release --quiet --bins
-admin=(mariadb --no-defaults --protocol=TCP -h 127.0.0.1 -P 3306 -u falcon_admin -pfalcon_admin)
+# Passwords travel in the environment only (never in a process's arguments).
+export FALCON_MYSQL_ADMIN_PASSWORD="${FALCON_MYSQL_ADMIN_PASSWORD:-falcon_admin}"
+admin() { MYSQL_PWD="$FALCON_MYSQL_ADMIN_PASSWORD" mariadb --no-defaults --protocol=TCP -h 127.0.0.1 -P 3306 -u falcon_admin "$@"; }
 
 if [[ "${BENCH_SKIP_GENERATE:-}" != 1 ]]; then
-  "${admin[@]}" -e "DROP DATABASE IF EXISTS $db; CREATE DATABASE $db CHARACTER SET utf8mb4"
-  FALCON_MYSQL_ADMIN_URL="mysql://falcon_admin:falcon_admin@127.0.0.1:3306/$db" \
+  admin -e "DROP DATABASE IF EXISTS $db; CREATE DATABASE $db CHARACTER SET utf8mb4"
+  FALCON_MYSQL_ADMIN_URL="mysql://falcon_admin@127.0.0.1:3306/$db" \
     target/release/falcon-fixtures generate --messages "$messages" --seed 42 >"$out/generate.json"
 fi
-rows=$("${admin[@]}" -N -B "$db" -e "SELECT (SELECT COUNT(*) FROM message)+(SELECT COUNT(*) FROM room)+(SELECT COUNT(*) FROM account)+(SELECT COUNT(*) FROM room_member)")
-msgs=$("${admin[@]}" -N -B "$db" -e "SELECT COUNT(*) FROM message")
+rows=$(admin -N -B "$db" -e "SELECT (SELECT COUNT(*) FROM message)+(SELECT COUNT(*) FROM room)+(SELECT COUNT(*) FROM account)+(SELECT COUNT(*) FROM room_member)")
+msgs=$(admin -N -B "$db" -e "SELECT COUNT(*) FROM message")
 
 cfg="$out/falcon.toml"
 {
@@ -58,7 +60,7 @@ run verify_kafka verify --target kafka
 # COUNT + BIT_XOR of a per-row hash, computed by the server alone (it cannot
 # apply the mapping: UTF-8 and mojibake checks, orphans, new ids, row keys).
 t0=$(date +%s.%N)
-"${admin[@]}" -N -B "$db" -e "SELECT COUNT(*), BIT_XOR(CRC32(CONCAT_WS(0x1F, message_id, room_id, account_id, body, send_time, update_time, deleted))) FROM message" >/dev/null
+admin -N -B "$db" -e "SELECT COUNT(*), BIT_XOR(CRC32(CONCAT_WS(0x1F, message_id, room_id, account_id, body, send_time, update_time, deleted))) FROM message" >/dev/null
 push_s=$(python3 -c "import time; print(max(time.time() - $t0, 1e-3))")
 push_rps=$(python3 -c "print(round($msgs / $push_s))")
 

@@ -2,9 +2,17 @@
 # Local test stack for falcon-migrate, without Docker:
 #   MariaDB 10.11 (Debian package)  127.0.0.1:3306  binlog ROW/FULL, GTID strict
 #   Kafka 4.x, KRaft, one node      127.0.0.1:9092  (controller 127.0.0.1:9093)
+#                                   127.0.0.1:9094  SASL_SSL (SCRAM-SHA-512 and PLAIN, user falcon)
 #   HBase 2.6 standalone            HMaster+RS+ZooKeeper in one JVM (ZK 127.0.0.1:2181)
 #     Thrift2 gateway               127.0.0.1:9090
 #     REST gateway                  127.0.0.1:8080
+#     Thrift2 gateway over HTTPS    127.0.0.1:9095  (`up --secure` or FALCON_STACK_SECURE=1)
+#
+# TLS: a throwaway CA and certificates (CN=localhost, IP 127.0.0.1) are made once with
+# openssl under $FALCON_STACK_DIR/tls/. MariaDB always has them (a plain client is still
+# served; `SET GLOBAL require_secure_transport=ON` refuses it), Kafka's SASL_SSL listener
+# always runs beside the plain one, and the HTTPS Thrift gateway (a JVM of its own) only in
+# secure mode. scripts/stack/env.sh exports the paths and the local SASL credentials.
 #
 # Thrift2 transport: the gateway runs with HBase's DEFAULT settings: thread-pool server,
 # plain (NOT framed) TSocket transport, TBinaryProtocol (NOT compact). A client must use a
@@ -12,8 +20,9 @@
 # exactly that (a raw THBaseService.listNamespaces() call), so it proves it every time.
 #
 # Usage: scripts/stack.sh up | down | reset | status | logs [SERVER] | hbase-shell | kafka-class CLASS ARGS | hbase-class CLASS ARGS
+#        scripts/stack.sh up --secure   (also the HTTPS Thrift gateway)
 #        scripts/stack.sh stop SERVER | start SERVER | kill SERVER | restart SERVER
-#   SERVER = mariadb | kafka | hbase | thrift | rest
+#   SERVER = mariadb | kafka | hbase | thrift | rest | thrift-tls
 #
 # One server at a time (fault tests): `stop` stops it cleanly (SIGTERM, then SIGKILL after
 # a grace period; hbase: a clean cluster shutdown), `kill` sends SIGKILL at once (a crash),
@@ -45,13 +54,21 @@ LIB_DIR="$STACK_DIR/lib"
 RUN_DIR="$STACK_DIR/run"
 LOG_DIR="$STACK_DIR/logs"
 CONF_DIR="$STACK_DIR/conf"
+TLS_DIR="$STACK_DIR/tls"
 TIMEOUT="${FALCON_STACK_TIMEOUT:-240}"
 
 MARIADB_PORT=3306
 KAFKA_PORT=9092
 KAFKA_CONTROLLER_PORT=9093
 HBASE_ZK_PORT=2181
+KAFKA_SECURE_PORT=9094
 THRIFT_PORT=9090
+THRIFT_TLS_PORT=9095
+# Local, throwaway credentials of the secure endpoints (also in scripts/stack/env.sh).
+KAFKA_SASL_USER=falcon
+KAFKA_SASL_PASSWORD=falcon-kafka
+THRIFT_KEYSTORE_PASSWORD=falcon-stack
+SECURE="${FALCON_STACK_SECURE:-0}"
 REST_PORT=8080
 
 # JDK 11+ flags that HBase's bin/hbase adds.
@@ -211,6 +228,7 @@ ensure_packages() {
   command -v kcat >/dev/null 2>&1 || missing+=(kcat)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
   command -v unzip >/dev/null 2>&1 || missing+=(unzip)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
   command -v mvn >/dev/null 2>&1 || missing+=(maven)
   ((${#missing[@]})) || return 0
@@ -281,6 +299,46 @@ ensure_libs() {
 
 # ----------------------------------------------------------------------------- MariaDB
 
+# ----------------------------------------------------------------------------- TLS
+
+# ensure_tls: a throwaway CA, a server certificate for 127.0.0.1/localhost signed by it
+# (PEM for MariaDB, a PEM keystore for Kafka, a PKCS#12 keystore for the Thrift gateway's
+# Jetty), a client certificate (CN=falcon) and a second CA that signed nothing (tests of a
+# wrong CA). Made once; `reset` keeps them.
+ensure_tls() {
+  [[ -s "$TLS_DIR/thrift.p12" ]] && return 0
+  local d="$TLS_DIR.tmp" t0
+  t0="$(now)"
+  rm -rf "$d"
+  mkdir -p "$d"
+  chmod 700 "$d"
+  (
+    cd "$d"
+    ossl() { openssl "$@" 2>>openssl.log; }
+    ossl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/O=falcon-stack/CN=falcon-stack test CA" \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+      -keyout ca-key.pem -out ca.pem
+    ossl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/O=elsewhere/CN=another CA" \
+      -addext basicConstraints=critical,CA:TRUE -keyout other-ca-key.pem -out other-ca.pem
+    ossl req -newkey rsa:2048 -nodes -subj "/O=falcon-stack/CN=localhost" -keyout server-key.pem -out server.csr
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >server.ext
+    ossl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 825 \
+      -extfile server.ext -out server.pem
+    ossl req -newkey rsa:2048 -nodes -subj "/O=falcon-stack/CN=falcon" -keyout client-key.pem -out client.csr
+    printf 'extendedKeyUsage=clientAuth\n' >client.ext
+    ossl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 825 \
+      -extfile client.ext -out client.pem
+    cat server-key.pem server.pem >kafka-keystore.pem
+    ossl pkcs12 -export -in server.pem -inkey server-key.pem -certfile ca.pem -name thrift \
+      -passout "pass:$THRIFT_KEYSTORE_PASSWORD" -out thrift.p12
+    rm -f ./*.csr ./*.ext ./*.srl
+    chmod 600 ./*
+  ) || { cat "$d/openssl.log" >&2; die "tls: openssl failed"; }
+  rm -rf "$TLS_DIR"
+  mv "$d" "$TLS_DIR"
+  log "tls: CA and certificates made in $TLS_DIR in $(elapsed "$t0")s"
+}
+
 MYSQL_CNF() { echo "$CONF_DIR/my.cnf"; }
 
 mariadb_root() { # client over our socket as the installing OS user (unix_socket auth)
@@ -301,6 +359,7 @@ start_mariadb() {
   [[ -z "$(running_pid mariadb)" ]] || return 0
   port_open "$MARIADB_PORT" && die "mariadb: port $MARIADB_PORT is taken by a process this script did not start"
   mkdir -p "$STACK_DIR/mariadb/tmp"
+  ensure_tls
   render "$TPL_DIR/mariadb/my.cnf" "$(MYSQL_CNF)"
   if [[ ! -d "$STACK_DIR/mariadb/data/mysql" ]]; then
     rm -rf "$STACK_DIR/mariadb/data"
@@ -349,16 +408,40 @@ check_kafka() {
   kcat -b "127.0.0.1:$KAFKA_PORT" -L -m 3 2>/dev/null | grep -q '1 brokers:'
 }
 
+# The SASL_SSL listener, logged in with PLAIN (kcat reads the password from a file).
+# Debian 12's kcat (librdkafka 2.0) fails SCRAM logins that Kafka's Java client and the
+# tool's librdkafka 2.12 pass (tests/secure.rs), so the readiness check uses PLAIN.
+check_kafka_secure() {
+  kcat -F "$TLS_DIR/kcat-sasl.conf" -b "127.0.0.1:$KAFKA_SECURE_PORT" -L -m 5 2>/dev/null |
+    grep -q '1 brokers:'
+}
+
+# ensure_scram_user: the SCRAM-SHA-512 credentials of the SASL user, stored in the
+# cluster's metadata (once: the marker file notes it). Through the plain listener.
+ensure_scram_user() {
+  local marker="$STACK_DIR/kafka/scram-$KAFKA_SASL_USER.done"
+  [[ -f "$marker" ]] && return 0
+  kafka_java -Dlog4j2.configurationFile="$CONF_DIR/kafka/tools-log4j2.properties" \
+    kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --alter \
+    --add-config "SCRAM-SHA-512=[iterations=4096,password=$KAFKA_SASL_PASSWORD]" \
+    --entity-type users --entity-name "$KAFKA_SASL_USER" >>"$LOG_DIR/kafka-scram.log" 2>&1 ||
+    { cat "$LOG_DIR/kafka-scram.log" >&2; die "kafka: adding the SCRAM user failed"; }
+  touch "$marker"
+}
+
 # start_kafka: format the storage once, spawn the broker (returns at once).
 start_kafka() {
   KAFKA_T0="$(now)"
   KAFKA_STARTED=0
   [[ -z "$(running_pid kafka)" ]] || return 0
   local p
-  for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+  for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SECURE_PORT"; do
     port_open "$p" && die "kafka: port $p is taken by a process this script did not start"
   done
   mkdir -p "$STACK_DIR/kafka/data" "$CONF_DIR/kafka"
+  ensure_tls
+  printf 'security.protocol=SASL_SSL\nsasl.mechanisms=PLAIN\nsasl.username=%s\nsasl.password=%s\nssl.ca.location=%s\n' \
+    "$KAFKA_SASL_USER" "$KAFKA_SASL_PASSWORD" "$TLS_DIR/ca.pem" >"$TLS_DIR/kcat-sasl.conf"
   render "$TPL_DIR/kafka/server.properties" "$CONF_DIR/kafka/server.properties"
   cp "$TPL_DIR/kafka/log4j2.properties" "$CONF_DIR/kafka/log4j2.properties"
   cp "$TPL_DIR/kafka/tools-log4j2.properties" "$CONF_DIR/kafka/tools-log4j2.properties"
@@ -384,11 +467,14 @@ start_kafka() {
 ready_kafka() {
   if ((KAFKA_STARTED == 0)); then
     check_kafka || wait_for kafka check_kafka
+    ensure_scram_user
     log "kafka: already up (pid $(running_pid kafka), 127.0.0.1:$KAFKA_PORT)"
     return 0
   fi
   wait_for kafka check_kafka
-  log "kafka: up (pid $(running_pid kafka), 127.0.0.1:$KAFKA_PORT, $(jar_version kafka kafka_2.13-)) in $(elapsed "$KAFKA_T0")s"
+  ensure_scram_user
+  wait_for kafka check_kafka_secure
+  log "kafka: up (pid $(running_pid kafka), 127.0.0.1:$KAFKA_PORT, SASL_SSL 127.0.0.1:$KAFKA_SECURE_PORT, $(jar_version kafka kafka_2.13-)) in $(elapsed "$KAFKA_T0")s"
 }
 
 jar_version() { # jar_version LIBNAME PREFIX -> version from the jar file name
@@ -402,14 +488,15 @@ jar_version() { # jar_version LIBNAME PREFIX -> version from the jar file name
 # ----------------------------------------------------------------------------- HBase
 
 # hbase_cmd NAME HEAP [JVM OPTS...] MAINCLASS ARGS...: sets HBASE_CMD to the java command.
+# HBASE_CONF (default $CONF_DIR/hbase) is the config folder put first on the classpath.
 hbase_cmd() {
-  local name="$1" heap="$2"
+  local name="$1" heap="$2" conf="${HBASE_CONF:-$CONF_DIR/hbase}"
   shift 2
   HBASE_CMD=(java -Xms"$heap" -Xmx"$heap" -XX:+UseG1GC "${HBASE_JDK_OPTS[@]}"
     -Djava.net.preferIPv4Stack=true -Djava.awt.headless=true -Dfalcon.stack="$STACK_DIR"
     -Dhbase.log.dir="$LOG_DIR" -Dhbase.log.file="hbase-$name.log"
     -Dlog4j2.configurationFile="$CONF_DIR/hbase/log4j2.properties"
-    -cp "$CONF_DIR/hbase:$LIB_DIR/hbase/*" "$@")
+    -cp "$conf:$LIB_DIR/hbase/*" "$@")
 }
 
 # A real Thrift2 call, raw bytes: THBaseService.listNamespaces() over a plain (unframed)
@@ -423,6 +510,13 @@ check_thrift() {
     dd bs=65536 count=1 <&3 2>/dev/null' _ "$THRIFT_PORT" | grep -aq default
 }
 
+# The same call POSTed to the HTTPS gateway, its certificate checked against the CA.
+check_thrift_tls() {
+  printf '\x80\x01\x00\x01\x00\x00\x00\x0elistNamespaces\x00\x00\x00\x01\x00' |
+    curl -fsS -m 5 --cacert "$TLS_DIR/ca.pem" -H 'Content-Type: application/x-thrift' \
+      --data-binary @- "https://127.0.0.1:$THRIFT_TLS_PORT/" 2>/dev/null | grep -aq default
+}
+
 check_rest() {
   curl -fsS -m 5 "http://127.0.0.1:$REST_PORT/version/cluster" >/dev/null &&
     curl -fsS -m 5 -H 'Accept: application/json' "http://127.0.0.1:$REST_PORT/status/cluster" |
@@ -432,10 +526,29 @@ check_rest() {
 # hbase_prepare: the HBase JVMs' config files; resets the started flags.
 hbase_prepare() {
   HBASE_T0="$(now)"
-  HBASE_STARTED=0 THRIFT_STARTED=0 REST_STARTED=0
+  HBASE_STARTED=0 THRIFT_STARTED=0 REST_STARTED=0 THRIFT_TLS_STARTED=0
   mkdir -p "$STACK_DIR/hbase/root" "$STACK_DIR/hbase/tmp" "$STACK_DIR/hbase/zk" "$CONF_DIR/hbase"
   render "$TPL_DIR/hbase/hbase-site.xml" "$CONF_DIR/hbase/hbase-site.xml"
   cp "$TPL_DIR/hbase/log4j2.properties" "$CONF_DIR/hbase/log4j2.properties"
+}
+
+# The HTTPS gateway's config folder: the stack's hbase-site.xml plus Thrift over HTTP
+# with TLS (HBase serves TLS on its Thrift gateway in HTTP mode only) on its own port.
+hbase_prepare_tls() {
+  ensure_tls
+  mkdir -p "$CONF_DIR/hbase-tls"
+  cp "$CONF_DIR/hbase/log4j2.properties" "$CONF_DIR/hbase-tls/log4j2.properties"
+  local p props=""
+  for p in "hbase.regionserver.thrift.port=$THRIFT_TLS_PORT" hbase.regionserver.thrift.http=true \
+    hbase.thrift.ssl.enabled=true "hbase.thrift.ssl.keystore.store=$TLS_DIR/thrift.p12" \
+    hbase.thrift.ssl.keystore.type=PKCS12 "hbase.thrift.ssl.keystore.password=$THRIFT_KEYSTORE_PASSWORD" \
+    "hbase.thrift.ssl.keystore.keypassword=$THRIFT_KEYSTORE_PASSWORD"; do
+    props+="  <property><name>${p%%=*}</name><value>${p#*=}</value></property>\n"
+  done
+  # The later definition of a property wins: the port above replaces the plain one.
+  sed "s|</configuration>|$props</configuration>|" "$CONF_DIR/hbase/hbase-site.xml" \
+    >"$CONF_DIR/hbase-tls/hbase-site.xml"
+  chmod 600 "$CONF_DIR/hbase-tls/hbase-site.xml"
 }
 
 # spawn_hbase_server NAME: spawn one of hbase (HMaster with embedded ZooKeeper
@@ -459,6 +572,14 @@ spawn_hbase_server() {
       spawn thrift "$LOG_DIR/thrift.out" "${HBASE_CMD[@]}"
       THRIFT_STARTED=1
       ;;
+    thrift-tls)
+      port_open "$THRIFT_TLS_PORT" && die "thrift-tls: port $THRIFT_TLS_PORT is taken by a process this script did not start"
+      hbase_prepare_tls
+      HBASE_CONF="$CONF_DIR/hbase-tls" hbase_cmd thrift-tls 512m \
+        org.apache.hadoop.hbase.thrift2.ThriftServer -b 127.0.0.1 -p "$THRIFT_TLS_PORT" start
+      spawn thrift-tls "$LOG_DIR/thrift-tls.out" "${HBASE_CMD[@]}"
+      THRIFT_TLS_STARTED=1
+      ;;
     rest)
       port_open "$REST_PORT" && die "rest: port $REST_PORT is taken by a process this script did not start"
       hbase_cmd rest 256m org.apache.hadoop.hbase.rest.RESTServer -p "$REST_PORT" start
@@ -475,6 +596,7 @@ start_hbase() {
   spawn_hbase_server hbase
   spawn_hbase_server thrift
   spawn_hbase_server rest
+  ((SECURE == 0)) || spawn_hbase_server thrift-tls
 }
 
 ready_hbase() {
@@ -491,6 +613,11 @@ ready_hbase() {
   how=up
   ((THRIFT_STARTED)) || how="already up"
   log "thrift: $how (pid $(running_pid thrift), 127.0.0.1:$THRIFT_PORT, thrift2 unframed binary) in $(elapsed "$HBASE_T0")s"
+  ((SECURE == 0)) && return 0
+  wait_for "thrift-tls hbase" check_thrift_tls
+  how=up
+  ((THRIFT_TLS_STARTED)) || how="already up"
+  log "thrift-tls: $how (pid $(running_pid thrift-tls), https://127.0.0.1:$THRIFT_TLS_PORT, thrift2 over HTTPS) in $(elapsed "$HBASE_T0")s"
 }
 
 # stop_hbase_master: a clean cluster shutdown through `HMaster stop` (what stop-hbase.sh
@@ -516,8 +643,8 @@ stop_hbase_master() {
 # One server, for fault tests: NAME must be one of the stack's servers.
 check_name() {
   case "${1:-}" in
-    mariadb | kafka | hbase | thrift | rest) ;;
-    *) die "usage: stack.sh stop|start|kill|restart mariadb|kafka|hbase|thrift|rest" ;;
+    mariadb | kafka | hbase | thrift | rest | thrift-tls) ;;
+    *) die "usage: stack.sh stop|start|kill|restart mariadb|kafka|hbase|thrift|rest|thrift-tls" ;;
   esac
 }
 
@@ -528,7 +655,7 @@ cmd_stop_one() {
     mariadb) stop_server mariadb 60 ;;
     kafka) stop_server kafka 60 ;;
     hbase) stop_hbase_master ;;
-    thrift | rest) stop_server "$1" 30 ;;
+    thrift | rest | thrift-tls) stop_server "$1" 30 ;;
   esac
 }
 
@@ -562,7 +689,7 @@ cmd_start_one() {
   case "$1" in
     mariadb) start_mariadb; ready_mariadb ;;
     kafka) start_kafka; ready_kafka ;;
-    hbase | thrift | rest)
+    hbase | thrift | rest | thrift-tls)
       [[ "$1" == hbase || -n "$(running_pid hbase)" ]] ||
         die "$1: HBase is not running (scripts/stack.sh start hbase first)"
       start_hbase_only "$1"
@@ -579,6 +706,7 @@ ready_hbase_only() {
   local what
   case "$1" in
     thrift) wait_for "thrift hbase" check_thrift ;;
+    thrift-tls) wait_for "thrift-tls hbase" check_thrift_tls ;;
     rest) wait_for "rest hbase" check_rest ;;
     hbase)
       if [[ -n "$(running_pid rest)" ]]; then wait_for "hbase rest" check_rest; fi
@@ -589,7 +717,8 @@ ready_hbase_only() {
   esac
   what=up
   [[ "$1" == hbase && $HBASE_STARTED == 0 || "$1" == thrift && $THRIFT_STARTED == 0 ||
-    "$1" == rest && $REST_STARTED == 0 ]] && what="already up"
+    "$1" == rest && $REST_STARTED == 0 || "$1" == thrift-tls && $THRIFT_TLS_STARTED == 0 ]] &&
+    what="already up"
   log "$1: $what (pid $(running_pid "$1"))"
 }
 
@@ -624,6 +753,7 @@ cmd_down() {
   # The gateways first, then the rest in parallel.
   stop_server rest 30 &
   stop_server thrift 30 &
+  stop_server thrift-tls 30 &
   wait
   stop_server kafka 60 &
   stop_hbase_master &
@@ -644,16 +774,20 @@ cmd_reset() {
 
 cmd_status() {
   local name port pid state rc=0
-  for name in mariadb kafka hbase thrift rest; do
+  for name in mariadb kafka hbase thrift rest thrift-tls; do
     case "$name" in
       mariadb) port=$MARIADB_PORT ;; kafka) port=$KAFKA_PORT ;; hbase) port=$HBASE_ZK_PORT ;;
-      thrift) port=$THRIFT_PORT ;; rest) port=$REST_PORT ;;
+      thrift) port=$THRIFT_PORT ;; rest) port=$REST_PORT ;; thrift-tls) port=$THRIFT_TLS_PORT ;;
     esac
     pid="$(running_pid "$name")"
+    if [[ $name == thrift-tls && -z "$pid" ]] && ((SECURE == 0)); then
+      printf '%-10s %-8s pid=%-8s 127.0.0.1:%s (secure mode only)\n' "$name" off - "$port"
+      continue
+    fi
     if [[ -n "$pid" ]] && port_open "$port"; then state=up
     elif [[ -n "$pid" ]]; then state=starting; rc=1
     else state=down; rc=1; fi
-    printf '%-8s %-8s pid=%-8s 127.0.0.1:%s\n' "$name" "$state" "${pid:--}" "$port"
+    printf '%-10s %-8s pid=%-8s 127.0.0.1:%s\n' "$name" "$state" "${pid:--}" "$port"
   done
   return "$rc"
 }
@@ -697,7 +831,10 @@ main() {
   local cmd="${1:-}"
   shift || true
   case "$cmd" in
-    up) cmd_up ;;
+    up)
+      [[ "${1:-}" == --secure ]] && SECURE=1
+      cmd_up
+      ;;
     down) cmd_down ;;
     reset) cmd_reset ;;
     status) cmd_status ;;

@@ -30,13 +30,17 @@ as_root() {
 
 # ---------------------------------------------------------------- build tools
 # rdkafka-sys builds librdkafka from source (./configure && make libs: C and C++);
-# libz-sys falls back to its bundled zlib when the system has none.
+# libz-sys falls back to its bundled zlib when the system has none. TLS is the
+# system's OpenSSL (librdkafka's TLS and SCRAM, native-tls for sqlx and mysql_async,
+# the openssl crate for the Thrift gateway): its headers and pkg-config.
 ensure_build_tools() {
   local missing=()
   command -v cc >/dev/null 2>&1 || missing+=(gcc)
   command -v c++ >/dev/null 2>&1 || missing+=(g++)
   command -v make >/dev/null 2>&1 || missing+=(make)
   command -v perl >/dev/null 2>&1 || missing+=(perl)
+  command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+  [[ -f /usr/include/openssl/ssl.h ]] || missing+=(libssl-dev)
   ((${#missing[@]})) || return 0
   log "apt-get install ${missing[*]}"
   local try
@@ -69,9 +73,10 @@ ensure_rust_components
 
 # ---------------------------------------------------------------- stack
 if [[ "${FALCON_TEST_SKIP_STACK:-0}" != 1 ]]; then
-  log "scripts/stack.sh up"
+  # Secure mode: also the HTTPS Thrift gateway that tests/secure.rs uses.
+  log "scripts/stack.sh up --secure"
   t=$(date +%s)
-  bash scripts/stack.sh up </dev/null
+  bash scripts/stack.sh up --secure </dev/null
   log "stack up ($(since "$t"))"
 fi
 # shellcheck disable=SC1091  # the stack's client defaults

@@ -15,6 +15,7 @@ pub mod forecast;
 pub mod position;
 pub mod sink;
 pub mod source;
+pub mod tls;
 
 pub use error::{Error, Result};
 pub mod checkpoint;

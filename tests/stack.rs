@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use falcon_migrate::config::{Config, KafkaConfig};
+use falcon_migrate::config::{Config, HbaseConfig, KafkaConfig};
 use falcon_migrate::position::Position;
 use falcon_migrate::sink::hbase::cells::put_cells;
 use falcon_migrate::sink::hbase::HbaseClient;
@@ -130,7 +130,7 @@ async fn kafka_record_round_trips_byte_for_byte() {
 
 #[test]
 fn hbase_cell_round_trips_with_its_timestamp() {
-    let mut hb = HbaseClient::connect(&hbase_thrift(), false)
+    let mut hb = HbaseClient::connect(&HbaseConfig::plain(&hbase_thrift()))
         .unwrap_or_else(|e| panic!("{STACK_DOWN}: {e}"));
     let table = unique("falcon_test_stack");
     assert!(hb.ensure_table(&table, "d", vec![]).expect("create table"));
@@ -176,7 +176,7 @@ fn hbase_cell_round_trips_with_its_timestamp() {
 /// from stdin and sees what the Thrift2 gateway wrote.
 #[test]
 fn hbase_shell_counts_and_gets_rows_written_through_thrift() {
-    let mut hb = HbaseClient::connect(&hbase_thrift(), false)
+    let mut hb = HbaseClient::connect(&HbaseConfig::plain(&hbase_thrift()))
         .unwrap_or_else(|e| panic!("{STACK_DOWN}: {e}"));
     let table = unique("falcon_test_shell");
     hb.ensure_table(&table, "d", vec![]).expect("create table");
@@ -279,7 +279,7 @@ async fn binlog_position_is_readable_by_the_tool_user_and_advances() {
     );
 
     // `check` reports the same kind of position.
-    let checked = falcon_migrate::source::mysql::check(&cfg).await.unwrap();
+    let (checked, _) = falcon_migrate::source::mysql::check(&cfg).await.unwrap();
     assert!(checked >= after, "{checked} < {after}");
     pool.close().await;
 }

@@ -15,15 +15,14 @@ use crate::fixtures::{churn, generate};
     about = "Legacy chat dataset generator and live-load driver"
 )]
 pub struct Cli {
-    /// Admin connection to the source (needs CREATE, DROP, INSERT, UPDATE, DELETE).
-    /// Read from the environment so the password stays out of the process list.
-    #[arg(
-        long,
-        env = "FALCON_MYSQL_ADMIN_URL",
-        hide_env_values = true,
-        default_value = "mysql://falcon_admin:falcon_admin@127.0.0.1:3306/legacy_chat"
-    )]
-    pub admin_url: String,
+    /// Admin connection to the source (needs CREATE, DROP, INSERT, UPDATE, DELETE),
+    /// without a password: a password on the command line is refused (it would
+    /// show in the process list). Default: FALCON_MYSQL_ADMIN_URL, else the local stack's.
+    #[arg(long)]
+    pub admin_url: Option<String>,
+    /// A file whose first line is the admin password; or FALCON_MYSQL_ADMIN_PASSWORD.
+    #[arg(long)]
+    pub admin_password_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -93,7 +92,81 @@ pub fn main() -> i32 {
     )
 }
 
+/// The local stack's admin account.
+const DEFAULT_ADMIN_URL: &str = "mysql://falcon_admin:falcon_admin@127.0.0.1:3306/legacy_chat";
+pub const ENV_ADMIN_URL: &str = "FALCON_MYSQL_ADMIN_URL";
+pub const ENV_ADMIN_PASSWORD: &str = "FALCON_MYSQL_ADMIN_PASSWORD";
+
+/// The admin URL with its password: the URL from the flag (never with a
+/// password), the environment or the default; the password from
+/// FALCON_MYSQL_ADMIN_PASSWORD or the password file, if given.
+fn admin_url(cli: &Cli, env: impl Fn(&str) -> Option<String>) -> Result<String> {
+    let url = match &cli.admin_url {
+        Some(u) => {
+            if has_password(u) {
+                return Err(Error::Usage(format!(
+                    "--admin-url {}: no password on the command line (it shows in the process \
+                     list); give it in {ENV_ADMIN_PASSWORD} or --admin-password-file",
+                    crate::error::redact_url(u)
+                )));
+            }
+            u.clone()
+        }
+        None => env(ENV_ADMIN_URL)
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| DEFAULT_ADMIN_URL.to_string()),
+    };
+    let password = match (env(ENV_ADMIN_PASSWORD), &cli.admin_password_file) {
+        (Some(p), _) => Some(p),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| Error::Usage(format!("--admin-password-file {}: {e}", f.display())))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    Ok(match password {
+        Some(p) => with_password(&url, &p),
+        None => url,
+    })
+}
+
+fn has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |x| x.1);
+    let authority = rest.split('/').next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+/// `url` with its user's password set to `password` (percent-encoded).
+fn with_password(url: &str, password: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (user, host) = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => (userinfo.split(':').next().unwrap_or(""), host),
+        None => ("", authority),
+    };
+    let encoded: String = password
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!("{scheme}://{user}:{encoded}@{host}{path}")
+}
+
 async fn run(cli: Cli) -> Result<()> {
+    let url = admin_url(&cli, |k| std::env::var(k).ok())?;
     let json = match cli.command {
         Command::Generate {
             messages,
@@ -112,7 +185,7 @@ async fn run(cli: Cli) -> Result<()> {
                 seed,
                 dirty,
             };
-            serde_json::to_string_pretty(&generate::generate(&cli.admin_url, &opts).await?)
+            serde_json::to_string_pretty(&generate::generate(&url, &opts).await?)
         }
         Command::Churn {
             rate,
@@ -126,7 +199,7 @@ async fn run(cli: Cli) -> Result<()> {
                 seed,
                 log,
             };
-            serde_json::to_string_pretty(&churn::churn(&cli.admin_url, &opts).await?)
+            serde_json::to_string_pretty(&churn::churn(&url, &opts).await?)
         }
     };
     println!("{}", json.map_err(|e| Error::Other(e.to_string()))?);
@@ -136,6 +209,42 @@ async fn run(cli: Cli) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut all = vec!["falcon-fixtures"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["churn", "--rate", "1", "--duration", "1s"]);
+        Cli::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn a_password_on_the_command_line_is_refused_and_not_echoed() {
+        let c = cli(&["--admin-url", "mysql://root:s3cret@db:3306/chat"]);
+        let e = admin_url(&c, |_| None).unwrap_err().to_string();
+        assert!(
+            e.contains(ENV_ADMIN_PASSWORD) && !e.contains("s3cret"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_password_comes_from_the_environment_or_a_file() {
+        let c = cli(&["--admin-url", "mysql://root@db:3306/chat"]);
+        let env = |k: &str| (k == ENV_ADMIN_PASSWORD).then(|| "p@ss:w/rd".to_string());
+        assert_eq!(
+            admin_url(&c, env).unwrap(),
+            "mysql://root:p%40ss%3Aw%2Frd@db:3306/chat"
+        );
+        let f = std::env::temp_dir().join(format!("falcon-admin-pw-{}", std::process::id()));
+        std::fs::write(&f, "from-file\n").unwrap();
+        let c = cli(&["--admin-password-file", f.to_str().unwrap()]);
+        let env = |k: &str| (k == ENV_ADMIN_URL).then(|| "mysql://adm@h/db".to_string());
+        assert_eq!(admin_url(&c, env).unwrap(), "mysql://adm:from-file@h/db");
+        std::fs::remove_file(&f).ok();
+        // Nothing given: the URL from the environment as it is.
+        let env = |k: &str| (k == ENV_ADMIN_URL).then(|| "mysql://a:b@h/db".to_string());
+        assert_eq!(admin_url(&cli(&[]), env).unwrap(), "mysql://a:b@h/db");
+    }
 
     #[test]
     fn durations_parse_with_units() {

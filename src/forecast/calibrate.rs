@@ -101,7 +101,7 @@ async fn drop_scratch(scratch: &Config, targets: Targets) -> Result<()> {
             .collect();
         names.push(hb.id_map_table.clone());
         crate::pipeline::commit::blocking(move || {
-            let mut c = crate::sink::hbase::HbaseClient::connect(&hb.thrift, hb.framed)?;
+            let mut c = crate::sink::hbase::HbaseClient::connect(&hb)?;
             for n in &names {
                 c.drop_table(n)?;
             }

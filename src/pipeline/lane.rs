@@ -6,6 +6,7 @@
 use tokio::task::JoinHandle;
 
 use super::retry::blocking;
+use crate::config::HbaseConfig;
 use crate::error::{Error, Result, Retry};
 use crate::sink::hbase::thrift2::{TDelete, TPut};
 use crate::sink::hbase::wire::PutBuf;
@@ -79,17 +80,15 @@ fn split_by_size<T>(v: Vec<T>, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
 
 /// One HBase connection with one job in flight while the next is prepared.
 pub struct HbaseLane {
-    addr: String,
-    framed: bool,
+    gateway: HbaseConfig,
     client: Option<HbaseClient>,
     pending: Option<JoinHandle<(HbaseClient, Result<()>)>>,
 }
 
 impl HbaseLane {
-    pub fn new(addr: &str, framed: bool, client: Option<HbaseClient>) -> HbaseLane {
+    pub fn new(gateway: &HbaseConfig, client: Option<HbaseClient>) -> HbaseLane {
         HbaseLane {
-            addr: addr.to_string(),
-            framed,
+            gateway: gateway.clone(),
             client,
             pending: None,
         }
@@ -114,8 +113,8 @@ impl HbaseLane {
         let mut client = match self.client.take() {
             Some(c) => c,
             None => {
-                let (a, f) = (self.addr.clone(), self.framed);
-                blocking(move || HbaseClient::connect(&a, f))
+                let g = self.gateway.clone();
+                blocking(move || HbaseClient::connect(&g))
                     .await
                     .map_err(as_transient)?
             }

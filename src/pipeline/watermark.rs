@@ -230,11 +230,7 @@ pub async fn run(cfg: Config, opts: WatermarkOptions) -> Result<WatermarkSummary
     let mut admission = Admission::new(rooms, cfg.kafka.message_max_bytes);
     let mut committer = Committer::new(
         Some((cfg.kafka.clone(), tx_id, Some(producer))),
-        Some(HbaseLane::new(
-            &cfg.hbase.thrift,
-            cfg.hbase.framed,
-            prepared.hbase,
-        )),
+        Some(HbaseLane::new(&cfg.hbase, prepared.hbase)),
         dead_file,
         opts.retry,
     );

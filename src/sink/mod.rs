@@ -36,7 +36,7 @@ pub async fn prepare(
         }
         out.hbase_tables = names.clone();
         let client = tokio::task::spawn_blocking(move || {
-            let mut c = hbase::HbaseClient::connect(&hb.thrift, hb.framed)?;
+            let mut c = hbase::HbaseClient::connect(&hb)?;
             for n in &names {
                 if c.ensure_table(
                     n,

@@ -5,10 +5,11 @@ use std::time::Duration;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::Row;
 
-use crate::config::{Config, TableMapping};
+use crate::config::{Config, SslMode, TableMapping};
 use crate::error::{Error, Result};
 use crate::mapping::{self, TableSpec};
 use crate::position::Position;
+use crate::tls::Security;
 
 /// A pool of `size` connections; fails with a clear "cannot connect" naming the
 /// host (never the password) when the server does not answer.
@@ -45,6 +46,58 @@ pub async fn connect(cfg: &Config, size: u32) -> Result<MySqlPool> {
         })
 }
 
+/// A single mysql_async connection to the source (the binlog stream: sqlx
+/// cannot speak the replication protocol), with the same URL, password and
+/// TLS settings as [`connect`]. `preferred` tries TLS and falls back to a
+/// plain session only when the server offers no TLS at all.
+pub async fn binlog_conn(cfg: &Config) -> Result<mysql_async::Conn> {
+    let shown = cfg.path.display().to_string();
+    let opts = mysql_async::Opts::from_url(&cfg.source.url)
+        .map_err(|e| Error::config(&shown, format!("source.url: {e}")))?;
+    let mut b = mysql_async::OptsBuilder::from_opts(opts);
+    if let Some(p) = cfg.source_password() {
+        b = b.pass(Some(p));
+    }
+    let unreachable = |e: mysql_async::Error| Error::Unreachable {
+        what: "MySQL (binlog)",
+        target: cfg.source_endpoint(),
+        message: e.to_string(),
+    };
+    let Some(ssl) = binlog_ssl(cfg)? else {
+        return mysql_async::Conn::new(b).await.map_err(unreachable);
+    };
+    match mysql_async::Conn::new(b.clone().ssl_opts(ssl)).await {
+        Err(mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer))
+            if cfg.source.tls.mode == SslMode::Preferred =>
+        {
+            mysql_async::Conn::new(b).await.map_err(unreachable)
+        }
+        other => other.map_err(unreachable),
+    }
+}
+
+/// mysql_async's TLS options for the configured mode (`None`: plain).
+fn binlog_ssl(cfg: &Config) -> Result<Option<mysql_async::SslOpts>> {
+    let t = &cfg.source.tls;
+    if t.mode == SslMode::Disabled {
+        return Ok(None);
+    }
+    let mut ssl = mysql_async::SslOpts::default()
+        .with_danger_accept_invalid_certs(!t.mode.verifies_ca())
+        .with_danger_skip_domain_validation(t.mode != SslMode::VerifyIdentity);
+    if let Some(ca) = &t.ca {
+        ssl = ssl.with_root_certs(vec![ca.clone().into()]);
+    }
+    if let (Some(cert), Some(key)) = (&t.cert, &t.key) {
+        // native-tls takes a client identity as PKCS#12 only: made in memory
+        // from the PEM files sqlx reads as they are.
+        let der = crate::tls::pkcs12_identity(cert, key)
+            .map_err(|m| Error::config(cfg.path.display().to_string(), m))?;
+        ssl = ssl.with_client_identity(Some(mysql_async::ClientIdentity::new(der.into())));
+    }
+    Ok(Some(ssl))
+}
+
 /// The source's current binlog coordinates and GTID set.
 pub async fn binlog_position(pool: &MySqlPool) -> Result<Position> {
     let row = sqlx::query("SHOW MASTER STATUS")
@@ -69,11 +122,63 @@ pub async fn binlog_position(pool: &MySqlPool) -> Result<Position> {
 }
 
 /// Checks the source is reachable and the binlog is usable.
-pub async fn check(cfg: &Config) -> Result<Position> {
+pub async fn check(cfg: &Config) -> Result<(Position, Security)> {
     let pool = connect(cfg, 1).await?;
     let pos = binlog_position(&pool).await?;
+    let security = security(cfg, &pool).await?;
     pool.close().await;
-    Ok(pos)
+    Ok((pos, security))
+}
+
+/// How the tool's sessions with the source are protected: the server's own
+/// word (`Ssl_version`, `Ssl_cipher` of this session) and the certificate
+/// it presents.
+pub async fn security(cfg: &Config, pool: &MySqlPool) -> Result<Security> {
+    let rows =
+        sqlx::query("SHOW SESSION STATUS WHERE Variable_name IN ('Ssl_version', 'Ssl_cipher')")
+            .fetch_all(pool)
+            .await
+            .map_err(|e| Error::mysql("read the session's TLS status", e))?;
+    let status = |name: &str| {
+        rows.iter()
+            .find(|r| r.try_get::<String, _>(0).is_ok_and(|n| n == name))
+            .and_then(|r| r.try_get::<String, _>(1).ok())
+            .filter(|v| !v.is_empty())
+    };
+    let user = cfg.source_connect_options()?.get_username().to_string();
+    let t = &cfg.source.tls;
+    let Some(cipher) = status("Ssl_cipher") else {
+        return Ok(Security::plain(format!("password (user {user})")));
+    };
+    let endpoint = cfg.source_endpoint();
+    let certificate = tokio::task::spawn_blocking(move || {
+        crate::tls::peer_certificate(&endpoint, crate::tls::StartTls::Mysql)
+    })
+    .await
+    .map_err(|e| Error::Other(e.to_string()))?
+    .map_err(|m| Error::Unreachable {
+        what: "MySQL",
+        target: cfg.source_endpoint(),
+        message: m,
+    })?;
+    Ok(Security {
+        encrypted: true,
+        cipher: Some(format!(
+            "{} {cipher}",
+            status("Ssl_version").unwrap_or_default()
+        )),
+        verified: match t.mode {
+            SslMode::VerifyIdentity => "chain and name",
+            SslMode::VerifyCa => "chain",
+            _ => "nothing",
+        },
+        authenticated: if t.cert.is_some() {
+            format!("password (user {user}) and client certificate")
+        } else {
+            format!("password (user {user})")
+        },
+        certificate,
+    })
 }
 
 /// A mapped source table as found on the server.

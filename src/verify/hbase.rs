@@ -88,10 +88,8 @@ pub fn pass(
                 scope.spawn(|| -> Result<Vec<Pass<TargetRow>>> {
                     let mut out: Vec<Pass<TargetRow>> =
                         filters.iter().map(|f| Pass::new(f.buckets)).collect();
-                    let connect = || {
-                        HbaseClient::connect(&cfg.thrift, cfg.framed)
-                            .map_err(crate::pipeline::lane::as_transient)
-                    };
+                    let connect =
+                        || HbaseClient::connect(cfg).map_err(crate::pipeline::lane::as_transient);
                     let mut client = Some(connect()?);
                     let mut hasher = RowHasher::default();
                     let policy = RetryPolicy::default();

@@ -208,11 +208,7 @@ fn fold_event(
 }
 
 fn consumer(cfg: &KafkaConfig) -> Result<BaseConsumer> {
-    crate::sink::kafka::base_config(cfg)
-        .set("group.id", "falcon-verify")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("isolation.level", "read_committed")
+    crate::sink::kafka::consumer_config(cfg, "falcon-verify", "read_committed")
         .create()
         .map_err(|e| Error::kafka("verify consumer", e))
 }

@@ -243,7 +243,7 @@ pub async fn run(cfg: Config, opts: VerifyOptions) -> Result<VerifySummary> {
                 .collect::<Vec<_>>(),
         );
         blocking(move || {
-            let mut c = HbaseClient::connect(&hb.thrift, hb.framed)?;
+            let mut c = HbaseClient::connect(&hb)?;
             for n in names {
                 if !c.table_exists(&n)? {
                     return Err(Error::Usage(format!(
@@ -840,7 +840,7 @@ impl Ctx {
         }
         let cfg = self.cfg.hbase.clone();
         blocking(move || {
-            let mut c = crate::sink::hbase::HbaseClient::connect(&cfg.thrift, cfg.framed)?;
+            let mut c = crate::sink::hbase::HbaseClient::connect(&cfg)?;
             c.delete_multiple(&cfg.id_map_table, deletes)?;
             c.put_multiple(&cfg.id_map_table, puts)
         })

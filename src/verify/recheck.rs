@@ -55,7 +55,7 @@ impl Ctx {
                 row_keys.dedup();
                 let (hb, t) = (self.cfg.hbase.clone(), self.htables[i].clone());
                 let rows = blocking(move || {
-                    let mut c = HbaseClient::connect(&hb.thrift, hb.framed)?;
+                    let mut c = HbaseClient::connect(&hb)?;
                     hbase::get(&mut c, &t, row_keys)
                 })
                 .await?;
@@ -98,7 +98,7 @@ impl Ctx {
         let (cfg, htables) = (self.cfg.clone(), self.htables.clone());
         let kinds: Vec<EntityKind> = self.tables.iter().map(|t| t.spec.kind).collect();
         blocking(move || {
-            let mut c = HbaseClient::connect(&cfg.hbase.thrift, cfg.hbase.framed)?;
+            let mut c = HbaseClient::connect(&cfg.hbase)?;
             let mut n = 0;
             for (i, t) in htables.iter().enumerate() {
                 let mine: Vec<&Problem> = problems.iter().filter(|p| p.table == i).collect();

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use falcon_migrate::config::Config;
+use falcon_migrate::config::{Config, HbaseConfig};
 use falcon_migrate::fixtures::generate::{generate, GenerateOptions};
 use falcon_migrate::mapping::{self, keys, MapContext};
 use falcon_migrate::sink::hbase::HbaseClient;
@@ -167,7 +167,7 @@ impl Job {
     }
 
     pub fn hbase(&self) -> HbaseClient {
-        HbaseClient::connect(THRIFT, false).expect("HBase Thrift2 gateway")
+        HbaseClient::connect(&HbaseConfig::plain(THRIFT)).expect("HBase Thrift2 gateway")
     }
 
     /// Row keys in the HBase table of `source`.
@@ -462,7 +462,7 @@ impl Drop for Job {
         if std::thread::panicking() {
             return;
         }
-        let Ok(mut c) = HbaseClient::connect(THRIFT, false) else {
+        let Ok(mut c) = HbaseClient::connect(&HbaseConfig::plain(THRIFT)) else {
             return;
         };
         let mut tables: Vec<&str> = self

@@ -30,14 +30,16 @@ pub(super) async fn dispatch(cmd: Command) -> Result<i32> {
 async fn check(args: &CommonArgs) -> Result<i32> {
     let cfg = Config::load(&args.config)?;
     let preflight = crate::source::preflight::check(&cfg).await?;
-    let pos = crate::source::mysql::check(&cfg).await?;
+    let (pos, mysql_security) = crate::source::mysql::check(&cfg).await?;
     let kafka = cfg.kafka.clone();
-    let brokers = tokio::task::spawn_blocking(move || crate::sink::kafka::check(&kafka))
-        .await
-        .map_err(|e| Error::Other(e.to_string()))??;
+    let (brokers, kafka_security) = tokio::task::spawn_blocking(move || {
+        crate::sink::kafka::check(&kafka).map(|n| (n, crate::sink::kafka::security(&kafka)))
+    })
+    .await
+    .map_err(|e| Error::Other(e.to_string()))??;
     let hb = cfg.hbase.clone();
-    tokio::task::spawn_blocking(move || {
-        crate::sink::hbase::HbaseClient::connect(&hb.thrift, hb.framed).map(|_| ())
+    let hbase_security = tokio::task::spawn_blocking(move || {
+        crate::sink::hbase::HbaseClient::connect(&hb).map(|c| c.security())
     })
     .await
     .map_err(|e| Error::Other(e.to_string()))??;
@@ -51,6 +53,11 @@ async fn check(args: &CommonArgs) -> Result<i32> {
         hbase_thrift: cfg.hbase.thrift.clone(),
         tables: cfg.tables.iter().map(|t| t.source.clone()).collect(),
         preflight,
+        security: render::SecurityReport {
+            mysql: mysql_security,
+            kafka: kafka_security,
+            hbase: hbase_security,
+        },
     };
     render::print(args.json, || render::check(&report), &report);
     Ok(exit::OK)

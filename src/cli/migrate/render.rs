@@ -27,17 +27,31 @@ pub(super) struct CheckReport {
     pub tables: Vec<String>,
     /// Every source setting checked (see `source::preflight`).
     pub preflight: Vec<crate::source::preflight::Finding>,
+    /// Per server: encrypted or not, how the tool authenticates, the certificate.
+    pub security: SecurityReport,
+}
+
+#[derive(Serialize)]
+pub(super) struct SecurityReport {
+    pub mysql: crate::tls::Security,
+    pub kafka: crate::tls::Security,
+    pub hbase: crate::tls::Security,
 }
 
 pub(super) fn check(r: &CheckReport) -> String {
+    let s = &r.security;
     format!(
-        "ok: MySQL {} (binlog at {}), Kafka {} ({} broker(s)), HBase Thrift2 {}; {} table(s) mapped\n",
+        "ok: MySQL {} (binlog at {}), Kafka {} ({} broker(s)), HBase Thrift2 {}; {} table(s) mapped\n  \
+         MySQL: {}\n  Kafka: {}\n  HBase: {}\n",
         r.mysql,
         r.binlog_position,
         r.kafka_bootstrap,
         r.kafka_brokers,
         r.hbase_thrift,
-        r.tables.len()
+        r.tables.len(),
+        s.mysql.describe(),
+        s.kafka.describe(),
+        s.hbase.describe(),
     )
 }
 

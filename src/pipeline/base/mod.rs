@@ -378,10 +378,7 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
                 producers.next(),
             )
         });
-        let lane = opts
-            .targets
-            .hbase
-            .then(|| HbaseLane::new(&cfg.hbase.thrift, cfg.hbase.framed, None));
+        let lane = opts.targets.hbase.then(|| HbaseLane::new(&cfg.hbase, None));
         let committer = Committer::new(kafka, lane, dead.clone(), opts.retry);
         handles.push(tokio::spawn(copy::worker(shared.clone(), committer)));
     }

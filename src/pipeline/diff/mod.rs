@@ -222,11 +222,7 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
             begun.txn_id.clone(),
             Some(begun.producer),
         )),
-        Some(HbaseLane::new(
-            &cfg.hbase.thrift,
-            cfg.hbase.framed,
-            prepared.hbase,
-        )),
+        Some(HbaseLane::new(&cfg.hbase, prepared.hbase)),
         dead_file,
         opts.retry,
     );

@@ -124,9 +124,7 @@ pub(super) async fn begin(
     // librdkafka waits retry.backoff.ms (100) whenever the coordinator is still
     // finishing the previous commit: with one transaction per batch that wait
     // would dominate the lag.
-    k.producer
-        .entry("retry.backoff.ms".into())
-        .or_insert_with(|| "5".into());
+    k.producer.set_default("retry.backoff.ms", "5");
     let id = txn_id.clone();
     let producer = blocking(move || make_tx_producer(&k, &id)).await?;
 

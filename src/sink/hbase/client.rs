@@ -2,8 +2,7 @@
 //! generated client is synchronous, and a connection per worker keeps batches
 //! of different workers independent.
 
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use openssl::ssl::SslConnector;
 
 use thrift::protocol::{
     TBinaryInputProtocol, TBinaryOutputProtocol, TInputProtocol, TOutputProtocol,
@@ -12,11 +11,14 @@ use thrift::transport::{
     TBufferedReadTransport, TBufferedWriteTransport, TFramedReadTransport, TFramedWriteTransport,
 };
 
+use super::stream::{Dial, GatewayStream};
 use super::thrift2::{
     TColumnFamilyDescriptor, TDelete, TGet, THBaseServiceSyncClient, TPut, TResult, TScan,
     TTHBaseServiceSyncClient, TTableDescriptor, TTableName,
 };
+use crate::config::HbaseConfig;
 use crate::error::{Error, Result, Retry};
+use crate::tls::PeerCert;
 
 type Client =
     THBaseServiceSyncClient<Box<dyn TInputProtocol + Send>, Box<dyn TOutputProtocol + Send>>;
@@ -25,6 +27,10 @@ pub struct HbaseClient {
     client: Client,
     addr: String,
     framed: bool,
+    http: bool,
+    verify: bool,
+    tls: Option<SslConnector>,
+    peer: Option<PeerCert>,
     /// Connection for the hand-encoded `putMultiple` (see `wire`).
     raw: Option<super::wire::RawConn>,
 }
@@ -116,19 +122,15 @@ fn unreachable(addr: &str, message: String) -> Error {
     }
 }
 
-/// A TCP connection to the gateway: 5 s to connect, 120 s per reply.
-fn open_socket(addr: &str) -> Result<TcpStream> {
-    let sock = addr
-        .to_socket_addrs()
-        .map_err(|e| unreachable(addr, e.to_string()))?
-        .next()
-        .ok_or_else(|| unreachable(addr, "no address".into()))?;
-    let s = TcpStream::connect_timeout(&sock, Duration::from_secs(5))
-        .map_err(|e| unreachable(addr, e.to_string()))?;
-    s.set_nodelay(true).ok();
-    s.set_read_timeout(Some(Duration::from_secs(120))).ok();
-    s.set_write_timeout(Some(Duration::from_secs(120))).ok();
-    Ok(s)
+/// The TLS connector of the gateway's settings: a bad CA file is a config
+/// error (exit 2), found before any connection.
+fn tls_connector(cfg: &HbaseConfig) -> Result<Option<SslConnector>> {
+    if !cfg.tls {
+        return Ok(None);
+    }
+    crate::tls::connector(cfg.tls_ca.as_deref(), cfg.tls_verify)
+        .map(Some)
+        .map_err(|m| Error::config("hbase.tls_ca", m))
 }
 
 fn new_get(row: Vec<u8>) -> TGet {
@@ -152,10 +154,21 @@ fn new_get(row: Vec<u8>) -> TGet {
 }
 
 impl HbaseClient {
-    pub fn connect(addr: &str, framed: bool) -> Result<HbaseClient> {
+    /// Connects to the gateway of `cfg` (TLS and HTTP as configured) and
+    /// proves it answers: the one way the tool reaches HBase.
+    pub fn connect(cfg: &HbaseConfig) -> Result<HbaseClient> {
+        let tls = tls_connector(cfg)?;
+        let (addr, framed) = (cfg.thrift.as_str(), cfg.framed);
         let unreachable = |message: String| unreachable(addr, message);
-        let stream = open_socket(addr)?;
-        let read = stream.try_clone().map_err(|e| unreachable(e.to_string()))?;
+        let stream = GatewayStream::open(&Dial {
+            addr,
+            tls: tls.as_ref(),
+            verify: cfg.tls_verify,
+            http: cfg.http,
+        })
+        .map_err(unreachable)?;
+        let peer = stream.peer_certificate().cloned();
+        let read = stream.clone();
         let (i, o): (
             Box<dyn TInputProtocol + Send>,
             Box<dyn TOutputProtocol + Send>,
@@ -186,6 +199,10 @@ impl HbaseClient {
             client: THBaseServiceSyncClient::new(i, o),
             addr: addr.to_string(),
             framed,
+            http: cfg.http,
+            verify: cfg.tls_verify,
+            tls,
+            peer,
             raw: None,
         };
         // A real request proves the gateway speaks our transport and reaches HBase.
@@ -193,8 +210,11 @@ impl HbaseClient {
             .table_exists(table_name("hbase:meta"))
             .map_err(|e| {
                 unreachable(format!(
-                    "{} (is the gateway Thrift2, framed={framed}?)",
-                    describe(&e).0
+                    "{}: no Thrift2 reply (is the gateway Thrift2 with framed={framed}, http={}, tls={}? \
+                     a TLS gateway drops a plain client)",
+                    describe(&e).0,
+                    cfg.http,
+                    cfg.tls
                 ))
             })?;
         Ok(c)
@@ -202,6 +222,27 @@ impl HbaseClient {
 
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// How this connection is protected, for `check`'s report.
+    pub fn security(&self) -> crate::tls::Security {
+        // The gateway's Thrift and HTTP modes take no client credentials
+        // unless it runs with Kerberos (not supported here: see the README).
+        let auth = "none (the gateway asks for no credentials)";
+        if self.tls.is_none() {
+            return crate::tls::Security::plain(auth);
+        }
+        crate::tls::Security {
+            encrypted: true,
+            cipher: None,
+            verified: if self.verify {
+                "chain and name"
+            } else {
+                "nothing"
+            },
+            authenticated: auth.into(),
+            certificate: self.peer.clone(),
+        }
     }
 
     pub fn table_exists(&mut self, table: &str) -> Result<bool> {
@@ -287,11 +328,14 @@ impl HbaseClient {
             return Ok(());
         }
         if self.raw.is_none() {
-            let s = open_socket(&self.addr)?;
-            self.raw = Some(
-                super::wire::RawConn::new(s, self.framed)
-                    .map_err(|e| unreachable(&self.addr, e.to_string()))?,
-            );
+            let s = GatewayStream::open(&Dial {
+                addr: &self.addr,
+                tls: self.tls.as_ref(),
+                verify: self.verify,
+                http: self.http,
+            })
+            .map_err(|m| unreachable(&self.addr, m))?;
+            self.raw = Some(super::wire::RawConn::new(s, self.framed));
         }
         let raw = self.raw.as_mut().expect("connected above");
         let r = raw.put_multiple(table, puts);

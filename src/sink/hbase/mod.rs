@@ -10,6 +10,7 @@ pub mod client;
 #[allow(clippy::all, clippy::pedantic, dead_code, unused_imports, unused_variables, unused_mut)]
 #[rustfmt::skip]
 pub(crate) mod thrift2;
+pub mod stream;
 pub mod wire;
 
 pub use client::HbaseClient;

@@ -7,7 +7,8 @@
 //! stays on the generated client.
 
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::net::TcpStream;
+
+use super::stream::GatewayStream;
 
 use crate::error::{Error, Result};
 use crate::mapping::{keys, Canonical};
@@ -125,22 +126,22 @@ impl PutBuf {
 
 /// A second connection to the gateway used only for `putMultiple`.
 pub struct RawConn {
-    w: BufWriter<TcpStream>,
-    r: BufReader<TcpStream>,
+    w: BufWriter<GatewayStream>,
+    r: BufReader<GatewayStream>,
     framed: bool,
     seq: i32,
     msg: Vec<u8>,
 }
 
 impl RawConn {
-    pub fn new(stream: TcpStream, framed: bool) -> std::io::Result<RawConn> {
-        Ok(RawConn {
-            r: BufReader::with_capacity(1 << 16, stream.try_clone()?),
+    pub fn new(stream: GatewayStream, framed: bool) -> RawConn {
+        RawConn {
+            r: BufReader::with_capacity(1 << 16, stream.clone()),
             w: BufWriter::with_capacity(1 << 16, stream),
             framed,
             seq: 0,
             msg: Vec::new(),
-        })
+        }
     }
 
     pub fn put_multiple(&mut self, table: &str, puts: &PutBuf) -> Result<()> {

@@ -14,14 +14,103 @@ use rdkafka::error::RDKafkaErrorCode;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 
-/// Settings shared by every client the tool makes.
+/// Settings shared by every client the tool makes (the admin client uses
+/// them as they are): the brokers, then `[kafka.client]` (TLS, SASL, …).
+/// Every Kafka client of the tool is built from this, [`producer_config`] or
+/// [`consumer_config`].
 pub fn base_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers)
         .set("socket.timeout.ms", "10000")
         .set("log_level", "3");
+    for (k, v) in cfg.client.iter() {
+        c.set(k, v);
+    }
     c
 }
+
+/// Consumer settings: [`base_config`], the group, manual offsets, then
+/// `[kafka.consumer]`.
+pub fn consumer_config(cfg: &KafkaConfig, group: &str, isolation: &str) -> ClientConfig {
+    let mut c = base_config(cfg);
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", isolation);
+    for (k, v) in cfg.consumer.iter() {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Checks every property of the three tables against librdkafka, without
+/// connecting: a misspelt key or a bad value is a config error at load, and
+/// the message names the table and the key (never a value: it may be secret).
+pub fn validate(cfg: &KafkaConfig) -> std::result::Result<(), String> {
+    use rdkafka::error::KafkaError;
+    let named = |table: &str, e: KafkaError| match e {
+        KafkaError::ClientConfig(_, desc, key, _) => format!("kafka.{table}.{key}: {desc}"),
+        other => format!(
+            "kafka.{table}: {}",
+            other
+                .rdkafka_error_code()
+                .map(|c| c.to_string())
+                .unwrap_or_default()
+        ),
+    };
+    base_config(cfg)
+        .create_native_config()
+        .map_err(|e| named("client", e))?;
+    producer_config(cfg)
+        .create_native_config()
+        .map_err(|e| named("producer", e))?;
+    consumer_config(cfg, "falcon-validate", "read_committed")
+        .create_native_config()
+        .map_err(|e| named("consumer", e))?;
+    Ok(())
+}
+
+/// A client context that keeps the last error librdkafka reported on its
+/// own (a failed TLS handshake, a refused SASL login), so that a request
+/// that then times out can say why.
+#[derive(Default)]
+pub struct Recorder {
+    last: std::sync::Mutex<Option<String>>,
+}
+
+impl Recorder {
+    /// The last error reported, if any.
+    pub fn cause(&self) -> Option<String> {
+        self.last.lock().ok().and_then(|g| g.clone())
+    }
+}
+
+impl Recorder {
+    fn keep(&self, reason: &str) {
+        if let Ok(mut g) = self.last.lock() {
+            *g = Some(reason.to_string());
+        }
+    }
+}
+
+impl rdkafka::ClientContext for Recorder {
+    // A failed connection attempt is logged (facility FAIL) from librdkafka's
+    // broker thread as it happens; errors reach `error` only when polled.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        tracing::debug!(fac, message, "librdkafka");
+        if matches!(level, L::Emerg | L::Alert | L::Critical | L::Error) {
+            self.keep(message);
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "librdkafka");
+        self.keep(reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Recorder {}
 
 /// Producer settings: idempotent (no duplicates from retries), whole-batch
 /// acknowledgement, and the configured message limit.
@@ -38,25 +127,78 @@ pub fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
         )
         .set("queue.buffering.max.kbytes", "262144")
         .set("partitioner", "murmur2_random");
-    for (k, v) in &cfg.producer {
+    for (k, v) in cfg.producer.iter() {
         c.set(k, v);
     }
     c
 }
 
-/// Asks the cluster for its metadata: proves the brokers answer.
+/// Asks the cluster for its metadata: proves the brokers answer, and that
+/// the TLS handshake and the SASL login (if configured) succeed. A failure
+/// names the brokers and the cause librdkafka reported (wrong CA, refused
+/// credentials, a TLS client against a plain listener, …).
 pub fn check(cfg: &KafkaConfig) -> Result<usize> {
-    let consumer: BaseConsumer = base_config(cfg)
-        .create()
+    let consumer: BaseConsumer<Recorder> = base_config(cfg)
+        .create_with_context(Recorder::default())
         .map_err(|e| Error::config("kafka.brokers", e))?;
     let md = consumer
         .fetch_metadata(None, Duration::from_secs(10))
         .map_err(|e| Error::Unreachable {
             what: "Kafka",
             target: cfg.brokers.clone(),
-            message: e.to_string(),
+            message: match consumer.context().cause() {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            },
         })?;
     Ok(md.brokers().len())
+}
+
+/// How the Kafka clients' connections are protected, from the settings
+/// librdkafka used for the [`check`] that just passed, and the certificate
+/// the first broker presents.
+pub fn security(cfg: &KafkaConfig) -> crate::tls::Security {
+    let get = |k: &str| cfg.client.get(k).map(str::to_ascii_lowercase);
+    let protocol = get("security.protocol").unwrap_or_else(|| "plaintext".into());
+    let authenticated = if protocol.starts_with("sasl") {
+        format!(
+            "SASL {} (user {})",
+            cfg.client
+                .get("sasl.mechanism")
+                .or(cfg.client.get("sasl.mechanisms"))
+                .unwrap_or("GSSAPI"),
+            cfg.client.get("sasl.username").unwrap_or("-")
+        )
+    } else if protocol == "ssl" && cfg.client.get("ssl.certificate.location").is_some() {
+        "client certificate".into()
+    } else {
+        "none".into()
+    };
+    if !protocol.ends_with("ssl") {
+        return crate::tls::Security::plain(authenticated);
+    }
+    let chain = get("enable.ssl.certificate.verification").as_deref() != Some("false");
+    let name = get("ssl.endpoint.identification.algorithm").as_deref() != Some("none");
+    let first = cfg
+        .brokers
+        .split(',')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    crate::tls::Security {
+        encrypted: true,
+        cipher: None,
+        verified: match (chain, name) {
+            (true, true) => "chain and name",
+            (true, false) => "chain",
+            _ => "nothing",
+        },
+        authenticated,
+        certificate: crate::tls::peer_certificate(&first, crate::tls::StartTls::Immediate)
+            .ok()
+            .flatten(),
+    }
 }
 
 /// Creates the topics that do not exist yet.

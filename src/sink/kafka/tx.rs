@@ -58,17 +58,12 @@ pub fn read_progress(
     prefix: &str,
     committed: bool,
 ) -> Result<Vec<MarkerRecord>> {
-    let consumer: BaseConsumer = super::base_config(cfg)
-        .set("group.id", "falcon-progress-reader")
-        .set("enable.auto.commit", "false")
-        .set(
-            "isolation.level",
-            if committed {
-                "read_committed"
-            } else {
-                "read_uncommitted"
-            },
-        )
+    let isolation = if committed {
+        "read_committed"
+    } else {
+        "read_uncommitted"
+    };
+    let consumer: BaseConsumer = super::consumer_config(cfg, "falcon-progress-reader", isolation)
         .create()
         .map_err(|e| Error::kafka("progress reader", e))?;
     let topic = &cfg.progress_topic;

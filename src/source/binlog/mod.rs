@@ -183,19 +183,7 @@ pub async fn open_stream(
     let Position::Binlog { file, offset, .. } = start else {
         return Err(not_binlog(start));
     };
-    let opts = mysql_async::Opts::from_url(&cfg.source.url)
-        .map_err(|e| Error::config(cfg.path.display().to_string(), format!("source.url: {e}")))?;
-    let mut b = mysql_async::OptsBuilder::from_opts(opts);
-    if let Some(p) = cfg.source_password() {
-        b = b.pass(Some(p));
-    }
-    let mut conn = mysql_async::Conn::new(b)
-        .await
-        .map_err(|e| Error::Unreachable {
-            what: "MySQL (binlog)",
-            target: cfg.source_endpoint(),
-            message: e.to_string(),
-        })?;
+    let mut conn = crate::source::mysql::binlog_conn(cfg).await?;
     // Heartbeats keep an idle stream talking, so a half-open connection is
     // noticed (`reader::STALL`) instead of waited on for ever.
     use mysql_async::prelude::Queryable;

@@ -1,12 +1,17 @@
 //! The one TOML file that describes the job: connections and the table mapping.
 //! How a run behaves (workers, rate, resume) is given by flags instead.
 
-use std::collections::{BTreeMap, BTreeSet};
+pub mod props;
+pub mod tls;
+
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::error::{redact_url, Error, Result};
+pub use props::{Properties, Secret};
+pub use tls::{SourceTls, SslMode};
 
 pub const ENV_CONFIG: &str = "FALCON_CONFIG";
 pub const ENV_MYSQL_URL: &str = "FALCON_MYSQL_URL";
@@ -42,6 +47,18 @@ pub struct SourceConfig {
     /// Seconds to wait for a connection before calling the server unreachable.
     #[serde(default)]
     pub connect_timeout_s: Option<u64>,
+    /// TLS: `disabled`, `preferred` (the default), `required`, `verify_ca`,
+    /// `verify_identity` (MySQL's `--ssl-mode`). The URL's `ssl-mode` wins.
+    pub ssl_mode: Option<SslMode>,
+    /// CA certificate (PEM) the server's certificate must chain to.
+    pub ssl_ca: Option<PathBuf>,
+    /// Client certificate (PEM) and its key (PEM, PKCS#8), for servers that
+    /// ask for one (`REQUIRE X509`).
+    pub ssl_cert: Option<PathBuf>,
+    pub ssl_key: Option<PathBuf>,
+    /// The TLS settings resolved from the keys above and the URL.
+    #[serde(skip)]
+    pub tls: SourceTls,
     /// Resolved password; never printed.
     #[serde(skip)]
     password: Option<String>,
@@ -53,6 +70,7 @@ impl std::fmt::Debug for SourceConfig {
             .field("url", &redact_url(&self.url))
             .field("password_env", &self.password_env)
             .field("password_file", &self.password_file)
+            .field("tls", &self.tls)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .finish()
     }
@@ -75,9 +93,16 @@ pub struct KafkaConfig {
     /// transaction as the chunk's events: the exactly-once checkpoint.
     #[serde(default = "default_progress_topic")]
     pub progress_topic: String,
-    /// Extra librdkafka producer properties, passed through verbatim.
+    /// librdkafka properties for every client the tool makes (producers, the
+    /// admin client, the progress reader, verify's consumers): TLS, SASL, ….
     #[serde(default)]
-    pub producer: BTreeMap<String, String>,
+    pub client: Properties,
+    /// Producer-only librdkafka properties, on top of `client`.
+    #[serde(default)]
+    pub producer: Properties,
+    /// Consumer-only librdkafka properties, on top of `client`.
+    #[serde(default)]
+    pub consumer: Properties,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,6 +113,19 @@ pub struct HbaseConfig {
     /// Thrift framed transport (the gateway's `-f`); the default is buffered.
     #[serde(default)]
     pub framed: bool,
+    /// Thrift over HTTP (the gateway's `hbase.regionserver.thrift.http`): the
+    /// only transport HBase's gateway serves over TLS.
+    #[serde(default)]
+    pub http: bool,
+    /// TLS to the gateway (its `hbase.thrift.ssl.enabled`).
+    #[serde(default)]
+    pub tls: bool,
+    /// CA certificate (PEM) the gateway's certificate must chain to; without
+    /// it, the system's CAs.
+    pub tls_ca: Option<PathBuf>,
+    /// Check the gateway's certificate chain and name (default on).
+    #[serde(default = "default_true")]
+    pub tls_verify: bool,
     /// Number of salt buckets (and pre-split regions) of each table.
     #[serde(default = "default_salt_buckets")]
     pub salt_buckets: u16,
@@ -97,6 +135,24 @@ pub struct HbaseConfig {
     /// Table holding legacy→new and new→legacy id pairs.
     #[serde(default = "default_id_map_table")]
     pub id_map_table: String,
+}
+
+impl HbaseConfig {
+    /// A plain (no TLS, buffered, not HTTP) gateway at `addr`, with the
+    /// defaults of every other setting.
+    pub fn plain(addr: &str) -> HbaseConfig {
+        HbaseConfig {
+            thrift: addr.to_string(),
+            framed: false,
+            http: false,
+            tls: false,
+            tls_ca: None,
+            tls_verify: true,
+            salt_buckets: default_salt_buckets(),
+            column_family: default_family(),
+            id_map_table: default_id_map_table(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +205,9 @@ pub struct TableMapping {
     pub hbase_table: String,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_message_max_bytes() -> usize {
     1_000_000
 }
@@ -210,6 +269,21 @@ impl Config {
             cfg.hbase.thrift = t;
         }
         cfg.resolve_password(&env)?;
+        cfg.resolve_tls()?;
+        let dir = cfg.path.parent().map(Path::to_path_buf);
+        let k = &mut cfg.kafka;
+        for (name, table) in [
+            ("kafka.client", &mut k.client),
+            ("kafka.producer", &mut k.producer),
+            ("kafka.consumer", &mut k.consumer),
+        ] {
+            table
+                .resolve(name, dir.as_deref(), &env)
+                .map_err(|m| Error::config(&shown, m))?;
+        }
+        if let Some(ca) = cfg.hbase.tls_ca.take() {
+            cfg.hbase.tls_ca = Some(cfg.relative(&ca));
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -243,6 +317,58 @@ impl Config {
         Ok(())
     }
 
+    /// A path from the config file, taken from the file's folder when relative.
+    fn relative(&self, p: &Path) -> PathBuf {
+        match self.path.parent() {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p.to_path_buf(),
+        }
+    }
+
+    /// The source's TLS settings: the URL's parameters win over the keys;
+    /// they are taken out of the URL, which both drivers then accept.
+    fn resolve_tls(&mut self) -> Result<()> {
+        let shown = self.path.display().to_string();
+        let (url, from_url) = tls::split_url_params(&self.source.url)
+            .map_err(|m| Error::config(&shown, format!("source.url: {m}")))?;
+        let key = |p: &Option<PathBuf>| p.as_deref().map(|p| self.relative(p));
+        let t = SourceTls {
+            mode: from_url.mode.or(self.source.ssl_mode).unwrap_or_default(),
+            ca: from_url.ca.or_else(|| key(&self.source.ssl_ca)),
+            cert: from_url.cert.or_else(|| key(&self.source.ssl_cert)),
+            key: from_url.key.or_else(|| key(&self.source.ssl_key)),
+        };
+        if t.cert.is_some() != t.key.is_some() {
+            return Err(Error::config(
+                &shown,
+                "source.ssl_cert and source.ssl_key: give both or neither",
+            ));
+        }
+        if t.mode == SslMode::Disabled && (t.ca.is_some() || t.cert.is_some()) {
+            return Err(Error::config(
+                &shown,
+                "source.ssl_mode is disabled but a CA or client certificate is given",
+            ));
+        }
+        for (k, p) in [
+            ("ssl_ca", &t.ca),
+            ("ssl_cert", &t.cert),
+            ("ssl_key", &t.key),
+        ] {
+            if let Some(p) = p {
+                if let Err(e) = std::fs::metadata(p) {
+                    return Err(Error::config(
+                        &shown,
+                        format!("source.{k} {}: {e}", p.display()),
+                    ));
+                }
+            }
+        }
+        self.source.url = url;
+        self.source.tls = t;
+        Ok(())
+    }
+
     fn validate(&self) -> Result<()> {
         let shown = self.path.display().to_string();
         let bad = |key: &str, why: String| Err(Error::config(&shown, format!("{key}: {why}")));
@@ -272,6 +398,21 @@ impl Config {
                 format!("expected host:port, got {:?}", self.hbase.thrift),
             );
         }
+        if self.hbase.http && self.hbase.framed {
+            return bad(
+                "hbase.framed",
+                "Thrift over HTTP has no framed transport: set http or framed, not both".into(),
+            );
+        }
+        if let Some(ca) = &self.hbase.tls_ca {
+            if !self.hbase.tls {
+                return bad("hbase.tls_ca", "given but hbase.tls is off".into());
+            }
+            if let Err(e) = std::fs::metadata(ca) {
+                return bad("hbase.tls_ca", format!("{}: {e}", ca.display()));
+            }
+        }
+        crate::sink::kafka::validate(&self.kafka).map_err(|m| Error::config(&shown, m))?;
         if !(1..=256).contains(&self.hbase.salt_buckets) {
             return bad(
                 "hbase.salt_buckets",
@@ -336,6 +477,21 @@ impl Config {
             .map_err(|e| Error::config(&shown, format!("source.url: {e}")))?;
         if let Some(p) = &self.source.password {
             opts = opts.password(p);
+        }
+        use sqlx::mysql::MySqlSslMode as M;
+        let t = &self.source.tls;
+        opts = opts.ssl_mode(match t.mode {
+            SslMode::Disabled => M::Disabled,
+            SslMode::Preferred => M::Preferred,
+            SslMode::Required => M::Required,
+            SslMode::VerifyCa => M::VerifyCa,
+            SslMode::VerifyIdentity => M::VerifyIdentity,
+        });
+        if let Some(ca) = &t.ca {
+            opts = opts.ssl_ca(ca);
+        }
+        if let (Some(cert), Some(key)) = (&t.cert, &t.key) {
+            opts = opts.ssl_client_cert(cert).ssl_client_key(key);
         }
         Ok(opts.charset("utf8mb4"))
     }
