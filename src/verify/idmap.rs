@@ -118,8 +118,7 @@ fn decode(r: TResult, hasher: &mut RowHasher) -> Entry {
 pub fn pass(cfg: &HbaseConfig, filter: &Filter, policy: &RetryPolicy) -> Result<Pass<Entry>> {
     let what = format!("scan of {}", cfg.id_map_table);
     retry_blocking(policy, &what, || {
-        let mut c = HbaseClient::connect(&cfg)
-            .map_err(crate::pipeline::lane::as_transient)?;
+        let mut c = HbaseClient::connect(cfg).map_err(crate::pipeline::lane::as_transient)?;
         let mut hasher = RowHasher::default();
         let mut out: Pass<Entry> = Pass::new(filter.buckets);
         c.scan(&cfg.id_map_table, None, None, 2000, |r| {
