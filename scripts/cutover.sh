@@ -239,7 +239,7 @@ if [[ $verdict == GO ]]; then
   until_s=$(secs "$t0" "$(now)")
   s="$state/summaries/diff-until-now.json"
   if ((rc == 0 || rc == 3)); then
-    step diff-until-now - "$until_s" ok "$(jget "$s" "f\"{d['applied_total']} changes up to {d['to']}, lag {d['lag_s']}s\"")"
+    step diff-until-now - "$until_s" ok "$(jget "$s" "f\"{d['applied_total']} changes up to {d['to'].get('file')}:{d['to'].get('offset')}, lag {d['lag_s']}s\"")"
   else
     nogo "diff --until-now exited $rc (log: $out/diff-until-now.log; rerun it: it resumes)"
     step diff-until-now - "$until_s" failed "${reasons[-1]}"
