@@ -87,7 +87,10 @@ secs() { python3 -c "print(round($2 - $1, 1))"; }
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 # step NAME PLANNED_S ACTUAL_S RESULT EVIDENCE
 step() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$steps"; log "$1: $4 ($3 s) $5"; }
-fm() { "$bin/falcon-migrate" "$@"; }
+# Background runs call the binary itself (not a function: $! would be a
+# subshell, and a signal to it would not reach the process).
+mig="$bin/falcon-migrate"
+fm() { "$mig" "$@"; }
 jget() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1" 2>/dev/null; }
 
 churn_pid=""
@@ -154,7 +157,7 @@ nogo() { verdict=NO-GO; reasons+=("$1"); }
 t0=$(now)
 pids=()
 for ((i = 0; i < shards; i++)); do
-  fm base "${common[@]}" --shard "$i/$shards" --workers "$workers" \
+  "$mig" base "${common[@]}" --shard "$i/$shards" --workers "$workers" \
     >"$state/summaries/base-$i-of-$shards.json" 2>"$out/base-$i.log" &
   pids+=($!)
 done
@@ -179,7 +182,7 @@ fi
 # ---- 2. diff --follow until the lag is below the threshold ----
 if [[ $verdict == GO ]]; then
   t0=$(now)
-  fm diff "${common[@]}" --follow --progress-interval 1 >"$state/summaries/diff-follow.json" 2>"$out/diff-follow.log" &
+  "$mig" diff "${common[@]}" --follow --progress-interval 1 >"$state/summaries/diff-follow.json" 2>"$out/diff-follow.log" &
   diff_pid=$!
   caught=0
   while :; do
@@ -236,7 +239,7 @@ if [[ $verdict == GO ]]; then
   until_s=$(secs "$t0" "$(now)")
   s="$state/summaries/diff-until-now.json"
   if ((rc == 0 || rc == 3)); then
-    step diff-until-now - "$until_s" ok "$(jget "$s" "f\"{d['applied_total']} changes up to {d['to']}, lag {d['lag_s']}s\"")"
+    step diff-until-now - "$until_s" ok "$(jget "$s" "f\"{d['applied_total']} changes up to {d['to'].get('file')}:{d['to'].get('offset')}, lag {d['lag_s']}s\"")"
   else
     nogo "diff --until-now exited $rc (log: $out/diff-until-now.log; rerun it: it resumes)"
     step diff-until-now - "$until_s" failed "${reasons[-1]}"
