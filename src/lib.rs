@@ -18,6 +18,8 @@ pub mod source;
 pub use error::{Error, Result};
 pub mod checkpoint;
 pub mod mapping;
+pub mod metrics;
 pub mod pipeline;
+pub mod report;
 pub mod telemetry;
 pub mod verify;

@@ -217,7 +217,8 @@ pub async fn run(cfg: Config, opts: WatermarkOptions) -> Result<WatermarkSummary
         )),
         dead_file,
         opts.retry,
-    );
+    )
+    .named("watermark_page");
 
     let (interrupted, _) = super::on_interrupt("finishing the page in hand");
 

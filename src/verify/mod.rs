@@ -361,6 +361,21 @@ impl Ctx {
                 .collect(),
             None => none.clone(),
         };
+        for (i, t) in self.tables.iter().enumerate() {
+            use crate::metrics::{inc, VERIFY_BUCKETS, VERIFY_MISMATCHED, VERIFY_ROWS};
+            let table = t.mapping.source.as_str();
+            inc(&VERIFY_ROWS, &[table], src[i].rows);
+            for (on, target, mm) in [
+                (h.is_some(), Target::Hbase, &mm_h[i]),
+                (k.is_some(), Target::Kafka, &mm_k[i]),
+            ] {
+                if on {
+                    let labels = [table, target.as_str()];
+                    inc(&VERIFY_BUCKETS, &labels, u64::from(filters[i].buckets));
+                    inc(&VERIFY_MISMATCHED, &labels, mm.len() as u64);
+                }
+            }
+        }
         tracing::info!(
             hbase = mm_h.iter().map(HashSet::len).sum::<usize>(),
             kafka = mm_k.iter().map(HashSet::len).sum::<usize>(),
@@ -481,12 +496,22 @@ impl Ctx {
             let rows: u64 = (0..n).map(|i| target_rows(t, i)).sum();
             let secs = secs.unwrap_or(0.0);
             for (i, pt) in per_table.iter_mut().enumerate() {
+                let counts = Counts::of(mine.iter().copied().filter(|p| p.table == i));
+                let table = self.tables[i].mapping.source.as_str();
+                for (kind, n) in [
+                    ("missing", counts.missing),
+                    ("extra", counts.extra),
+                    ("different", counts.different),
+                ] {
+                    let labels = [table, t.as_str(), kind];
+                    crate::metrics::inc(&crate::metrics::VERIFY_DIFFERING, &labels, n);
+                }
                 pt.insert(
                     t.as_str(),
                     TableTarget {
                         target_rows: target_rows(t, i),
                         mismatched_buckets: mm[i].len() as u64,
-                        counts: Counts::of(mine.iter().copied().filter(|p| p.table == i)),
+                        counts,
                     },
                 );
             }

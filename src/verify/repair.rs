@@ -194,7 +194,8 @@ pub async fn kafka(
         None,
         dead,
         RetryPolicy::default(),
-    );
+    )
+    .named("verify_repair");
     let mut work = RepairEvents {
         topics,
         kinds,

@@ -4,6 +4,7 @@
 //! flag.
 
 use std::fmt::Display;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -40,13 +41,14 @@ pub enum Command {
 Examples:
   falcon-migrate base -c falcon.toml --workers 4
   falcon-migrate base -c falcon.toml --shard \"$JOB_COMPLETION_INDEX/8\"  # one pod of an 8-pod Indexed Job
-  falcon-migrate base -c falcon.toml --resume                         # after a crash or Ctrl-C")]
+  falcon-migrate base -c falcon.toml --resume                         # after a crash or Ctrl-C
+  falcon-migrate base -c falcon.toml --metrics-addr 0.0.0.0:9464      # Prometheus scrapes /metrics")]
     Base(BaseArgs),
     /// Applies the inserts, updates and deletes made since the base (from the binlog).
     #[command(after_help = "\
 Examples:
   falcon-migrate diff -c falcon.toml --until-now
-  falcon-migrate diff -c falcon.toml --follow --json
+  falcon-migrate diff -c falcon.toml --follow --json --metrics-addr 0.0.0.0:9464
   falcon-migrate diff -c falcon.toml --mode watermark --since 1767225600 --overlap 600")]
     Diff(DiffArgs),
     /// Compares checksums of the source against Kafka and HBase, down to the row.
@@ -54,7 +56,8 @@ Examples:
 Examples:
   falcon-migrate verify -c falcon.toml --sample 1
   falcon-migrate verify -c falcon.toml --report diffs.csv --repair
-  falcon-migrate verify -c falcon.toml --target hbase --tables message --json")]
+  falcon-migrate verify -c falcon.toml --target hbase --tables message --json
+  falcon-migrate verify -c falcon.toml --metrics-addr 127.0.0.1:9464 --metrics-linger 30")]
     Verify(VerifyArgs),
     /// Validates the config and checks that MySQL, Kafka and HBase answer.
     #[command(after_help = "\
@@ -78,6 +81,17 @@ pub struct CommonArgs {
     pub json: bool,
 }
 
+/// Prometheus metrics of a running phase.
+#[derive(Debug, Clone, Args)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics (text format 0.0.4) at http://HOST:PORT/metrics while the phase runs, e.g. 0.0.0.0:9464.
+    #[arg(long, value_name = "HOST:PORT", env = "FALCON_METRICS_ADDR", value_parser = socket_addr)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Seconds (0 to 3600) /metrics stays up after the phase ends, so that the last scrape sees the final counts.
+    #[arg(long, default_value_t = 0, value_parser = whole_number(0u64, Some(3600)), requires = "metrics_addr")]
+    pub metrics_linger: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TargetArg {
     Kafka,
@@ -89,6 +103,8 @@ pub enum TargetArg {
 pub struct BaseArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// Parallel copy workers (each with its own MySQL, Kafka and HBase connection), 1 to 256.
     #[arg(long, default_value_t = 4, value_parser = whole_number(1usize, Some(256)))]
     pub workers: usize,
@@ -131,6 +147,8 @@ pub struct BaseArgs {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// Which targets to compare with the source.
     #[arg(long, value_enum, default_value = "all")]
     pub target: TargetArg,
@@ -178,6 +196,8 @@ pub const DEFAULT_OVERLAP_S: u64 = 300;
 pub struct DiffArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// Where changes come from.
     #[arg(long, value_enum, default_value = "binlog")]
     pub mode: DiffMode,
@@ -250,6 +270,15 @@ impl crate::cli::Checked for Cli {
             .expect("diff is a subcommand");
         Err(diff.error(ErrorKind::ArgumentConflict, msg))
     }
+}
+
+/// `HOST:PORT`, resolved once (a host name to its first address).
+fn socket_addr(s: &str) -> Result<SocketAddr, String> {
+    let bad = || format!("expected HOST:PORT (e.g. 0.0.0.0:9464), got {s:?}");
+    s.to_socket_addrs()
+        .map_err(|_| bad())?
+        .next()
+        .ok_or_else(bad)
 }
 
 fn parse_position(s: &str) -> Result<Position, String> {
@@ -487,12 +516,60 @@ mod tests {
             (&["verify", "--sample", "half"], "--sample"),
             (&["verify", "--recheck-delay=-1"], "--recheck-delay"),
             (&["verify", "--recheck-delay", "inf"], "--recheck-delay"),
+            (&["base", "--metrics-addr", "9464"], "--metrics-addr"),
+            (&["diff", "--metrics-addr", "localhost"], "--metrics-addr"),
+            (
+                &["verify", "--metrics-addr", "0.0.0.0:99999"],
+                "--metrics-addr",
+            ),
+            (
+                &[
+                    "base",
+                    "--metrics-addr",
+                    "127.0.0.1:9464",
+                    "--metrics-linger",
+                    "3601",
+                ],
+                "--metrics-linger",
+            ),
+            (&["base", "--metrics-linger", "5"], "--metrics-addr"),
         ];
         for (args, flag) in cases {
             let mut full = vec![args[0], "-c", "f.toml"];
             full.extend_from_slice(&args[1..]);
             let msg = refused(&full);
             assert!(msg.contains(flag), "{full:?}: {msg}");
+        }
+    }
+
+    #[test]
+    fn metrics_flags_parse_on_every_phase() {
+        let Command::Base(b) = parse(&["base", "-c", "f.toml"]).unwrap().command else {
+            panic!("base")
+        };
+        assert_eq!(
+            (b.metrics.metrics_addr, b.metrics.metrics_linger),
+            (None, 0)
+        );
+        for sub in ["base", "diff", "verify"] {
+            let cli = parse(&[
+                sub,
+                "-c",
+                "f.toml",
+                "--metrics-addr",
+                "127.0.0.1:19464",
+                "--metrics-linger",
+                "30",
+            ])
+            .unwrap();
+            let m = match cli.command {
+                Command::Base(a) => a.metrics,
+                Command::Diff(a) => a.metrics,
+                Command::Verify(a) => a.metrics,
+                _ => panic!("{sub}"),
+            };
+            assert_eq!(m.metrics_addr, Some("127.0.0.1:19464".parse().unwrap()));
+            assert_eq!(m.metrics_linger, 30);
         }
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::args::{
     BaseArgs, Command, CommonArgs, DiffArgs, DiffMode, TargetArg, VerifyArgs, DEFAULT_OVERLAP_S,
 };
+use super::observe::{report_line, Observer};
 use super::render::{self, CheckReport};
 use crate::config::Config;
 use crate::error::{exit, Error, Result};
@@ -85,19 +86,49 @@ async fn base(args: BaseArgs) -> Result<i32> {
         progress_every: Duration::from_secs(args.progress_interval),
         retry: retry(args.retry_budget),
     };
-    match base::run(cfg, opts).await? {
-        BaseOutcome::Planned(plan) => {
-            render::print(args.common.json, || render::dry_run(&plan), &plan);
-            Ok(exit::OK)
+    if args.dry_run {
+        let BaseOutcome::Planned(plan) = base::run(cfg, opts).await? else {
+            return Err(Error::Other("a dry run wrote something".into()));
+        };
+        render::print(args.common.json, || render::dry_run(&plan), &plan);
+        return Ok(exit::OK);
+    }
+    let shard = args.shard.to_string();
+    let obs = Observer::start(
+        &args.metrics,
+        &args.common.state_dir,
+        "base",
+        &args.run_id,
+        &shard,
+    )
+    .await?;
+    let s = match base::run(cfg, opts).await {
+        Ok(BaseOutcome::Done(s)) => s,
+        Ok(BaseOutcome::Planned(_)) => return Err(Error::Other("a copy only planned".into())),
+        Err(e) => {
+            obs.finish::<()>(Err(&e)).await;
+            return Err(e);
         }
-        BaseOutcome::Done(s) => {
-            render::emit(args.common.json, &render::base(&s), &s);
-            Ok(if s.dead_lettered > 0 {
-                exit::DEAD_LETTERED
-            } else {
-                exit::OK
-            })
-        }
+    };
+    let code = if s.dead_lettered > 0 {
+        exit::DEAD_LETTERED
+    } else {
+        exit::OK
+    };
+    let report = obs.finish(Ok((&s, outcome(code)))).await;
+    let words = render::base(&s) + &report_line(report.as_ref());
+    render::emit(args.common.json, &words, &s);
+    Ok(code)
+}
+
+/// A finished phase's outcome in its report, from its exit status.
+fn outcome(code: i32) -> &'static str {
+    match code {
+        exit::OK => "ok",
+        exit::DEAD_LETTERED => "dead-lettered",
+        exit::DIFFERENCES => "differences",
+        exit::INTERRUPTED => "interrupted",
+        _ => "failed",
     }
 }
 
@@ -120,14 +151,31 @@ async fn verify(args: VerifyArgs) -> Result<i32> {
     };
     std::fs::create_dir_all(&opts.spill_dir)
         .map_err(|e| Error::io(format!("create {}", opts.spill_dir.display()), e))?;
-    let s = crate::verify::run(cfg, opts).await?;
-    render::emit(args.common.json, &render::verify(&s), &s);
+    let obs = Observer::start(
+        &args.metrics,
+        &args.common.state_dir,
+        "verify",
+        "verify",
+        "0/1",
+    )
+    .await?;
+    let s = match crate::verify::run(cfg, opts).await {
+        Ok(s) => s,
+        Err(e) => {
+            obs.finish::<()>(Err(&e)).await;
+            return Err(e);
+        }
+    };
     let fixed = s.repair.as_ref().is_some_and(|r| r.remaining == 0);
-    Ok(if s.identical || fixed {
+    let code = if s.identical || fixed {
         exit::OK
     } else {
         exit::DIFFERENCES
-    })
+    };
+    let report = obs.finish(Ok((&s, outcome(code)))).await;
+    let words = render::verify(&s) + &report_line(report.as_ref());
+    render::emit(args.common.json, &words, &s);
+    Ok(code)
 }
 
 async fn diff(args: DiffArgs) -> Result<i32> {
@@ -142,15 +190,32 @@ async fn diff(args: DiffArgs) -> Result<i32> {
         progress_every: Duration::from_secs(args.progress_interval),
         retry: retry(args.retry_budget),
     };
-    let s = diff::run(cfg, opts).await?;
-    render::emit(args.common.json, &render::diff(&s), &s);
-    Ok(if s.stopped == "interrupted" && !s.follow {
+    let obs = Observer::start(
+        &args.metrics,
+        &args.common.state_dir,
+        "diff",
+        &args.run_id,
+        "0/1",
+    )
+    .await?;
+    let s = match diff::run(cfg, opts).await {
+        Ok(s) => s,
+        Err(e) => {
+            obs.finish::<()>(Err(&e)).await;
+            return Err(e);
+        }
+    };
+    let code = if s.stopped == "interrupted" && !s.follow {
         exit::INTERRUPTED
     } else if s.dead_lettered > 0 {
         exit::DEAD_LETTERED
     } else {
         exit::OK
-    })
+    };
+    let report = obs.finish(Ok((&s, outcome(code)))).await;
+    let words = render::diff(&s) + &report_line(report.as_ref());
+    render::emit(args.common.json, &words, &s);
+    Ok(code)
 }
 
 async fn diff_watermark(args: DiffArgs) -> Result<i32> {
@@ -165,13 +230,30 @@ async fn diff_watermark(args: DiffArgs) -> Result<i32> {
         progress_every: Duration::from_secs(args.progress_interval),
         retry: retry(args.retry_budget),
     };
-    let s = watermark::run(cfg, opts).await?;
-    render::emit(args.common.json, &render::watermark(&s), &s);
-    Ok(if s.stopped == "interrupted" {
+    let obs = Observer::start(
+        &args.metrics,
+        &args.common.state_dir,
+        "diff",
+        &args.run_id,
+        "0/1",
+    )
+    .await?;
+    let s = match watermark::run(cfg, opts).await {
+        Ok(s) => s,
+        Err(e) => {
+            obs.finish::<()>(Err(&e)).await;
+            return Err(e);
+        }
+    };
+    let code = if s.stopped == "interrupted" {
         exit::INTERRUPTED
     } else if s.dead_lettered > 0 {
         exit::DEAD_LETTERED
     } else {
         exit::OK
-    })
+    };
+    let report = obs.finish(Ok((&s, outcome(code)))).await;
+    let words = render::watermark(&s) + &report_line(report.as_ref());
+    render::emit(args.common.json, &words, &s);
+    Ok(code)
 }

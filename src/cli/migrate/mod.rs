@@ -6,9 +6,12 @@
 
 mod args;
 mod dispatch;
+mod observe;
 mod render;
 
-pub use args::{BaseArgs, Cli, Command, CommonArgs, DiffArgs, DiffMode, TargetArg, VerifyArgs};
+pub use args::{
+    BaseArgs, Cli, Command, CommonArgs, DiffArgs, DiffMode, MetricsArgs, TargetArg, VerifyArgs,
+};
 
 pub fn main() -> i32 {
     super::execute(

@@ -311,6 +311,11 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
         let todo_here = queue.iter().filter(|c| c.table == ti).count() as u64;
         expected[ti] = per_chunk.max(1) * todo_here;
         t.counters.chunks_total.store(todo_here, Ordering::Relaxed);
+        crate::metrics::set(
+            &crate::metrics::CHUNKS_PLANNED,
+            &[&t.mapping.source],
+            todo_here as f64,
+        );
     }
 
     let kinds: Vec<_> = tables.iter().map(|t| t.spec.kind).collect();
@@ -360,7 +365,7 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
             .targets
             .hbase
             .then(|| HbaseLane::new(&cfg.hbase.thrift, cfg.hbase.framed, None));
-        let committer = Committer::new(kafka, lane, dead.clone(), opts.retry);
+        let committer = Committer::new(kafka, lane, dead.clone(), opts.retry).named("base_chunk");
         handles.push(tokio::spawn(copy::worker(shared.clone(), committer)));
     }
     let err = supervise(&shared, handles, &progress, opts.progress_every).await;

@@ -114,12 +114,17 @@ impl Applier {
         let mut batch = Batch::default();
         let mut applied = Vec::new();
         let mut dead = 0u64;
+        // Per table: (changes read, dead-lettered), for the metrics.
+        let mut per_table: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
         for t in &txs {
             for ch in &t.changes {
+                let counts = per_table.entry(ch.table).or_default();
+                counts.0 += 1;
                 match self.plan(ch, &mut batch).await? {
                     Ok(label) => applied.push((ch.table, label)),
                     Err(line) => {
                         dead += 1;
+                        counts.1 += 1;
                         batch.dead.push(line);
                     }
                 }
@@ -151,7 +156,23 @@ impl Applier {
             *self.applied.entry(k).or_default() += 1;
         }
         self.dead_count += dead;
+        self.record_metrics(&per_table);
         Ok(())
+    }
+
+    /// A committed batch in the Prometheus metrics: per table, changes read,
+    /// written (to both targets) and dead-lettered; the position and lag.
+    fn record_metrics(&self, per_table: &BTreeMap<usize, (u64, u64)>) {
+        use crate::metrics::{inc, set, DIFF_LAG, ROWS_DEAD, ROWS_READ, ROWS_WRITTEN};
+        for (&t, &(read, dead)) in per_table {
+            let table = self.schema[t].mapping.source.as_str();
+            inc(&ROWS_READ, &["diff", table], read);
+            for target in ["kafka", "hbase"] {
+                inc(&ROWS_WRITTEN, &["diff", table, target], read - dead);
+            }
+            inc(&ROWS_DEAD, &["diff", table], dead);
+        }
+        set(&DIFF_LAG, &[], self.last_lag_ms as f64 / 1000.0);
     }
 
     /// Maps one change into the batch's writes: its label, or its dead letter.
@@ -262,6 +283,13 @@ impl Applier {
 
     fn checkpoint(&mut self, end: (Position, u64)) -> Result<()> {
         write_json_atomic(&self.checkpoint_path, &self.checkpoint_at(&end))?;
+        if let Position::Binlog { file, offset, .. } = &end.0 {
+            use crate::metrics::{set, DIFF_FILE, DIFF_LAST_BATCH, DIFF_OFFSET};
+            let index = file.rsplit('.').next().and_then(|n| n.parse::<f64>().ok());
+            set(&DIFF_FILE, &[], index.unwrap_or(0.0));
+            set(&DIFF_OFFSET, &[], *offset as f64);
+            set(&DIFF_LAST_BATCH, &[], now_ms() as f64 / 1000.0);
+        }
         self.committed = end;
         self.last_commit = Instant::now();
         Ok(())

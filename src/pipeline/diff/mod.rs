@@ -224,7 +224,8 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
         )),
         dead_file,
         opts.retry,
-    );
+    )
+    .named("diff_batch");
     let checkpoint_path = state.diff_checkpoint(&opts.run_id);
     let mut a = apply::Applier {
         admission: Admission::new(rooms, cfg.kafka.message_max_bytes),
@@ -383,6 +384,7 @@ async fn follow_binlog(
                     policy.budget
                 )));
             }
+            super::commit::count_retry(&e);
             tracing::warn!(attempt, "{e}; reconnecting in {wait:?}");
             tokio::time::sleep(wait).await;
             match binlog::open_stream(&cfg, server_id, at).await {
