@@ -21,5 +21,6 @@ pub mod mapping;
 pub mod metrics;
 pub mod pipeline;
 pub mod report;
+pub mod status;
 pub mod telemetry;
 pub mod verify;

@@ -254,6 +254,8 @@ pub async fn run(cfg: Config, opts: VerifyOptions) -> Result<VerifySummary> {
     }
     let kinds: Vec<EntityKind> = tables.iter().map(|t| t.spec.kind).collect();
     let rooms = Arc::new(crate::mapping::Rooms::for_kinds(&pool, &kinds).await?);
+    let source_id = crate::pipeline::runlog::source_identity(&pool).await?;
+    let kafka = cfg.kafka.clone();
     let src = Arc::new(Source {
         pool,
         // Tables without a version column get "now": only a repair writes it.
@@ -273,7 +275,56 @@ pub async fn run(cfg: Config, opts: VerifyOptions) -> Result<VerifySummary> {
         htables,
         ktables,
     };
-    ctx.verify(started).await
+    let summary = ctx.verify(started).await?;
+    record_verdict(&kafka, &source_id, &database, &summary).await;
+    Ok(summary)
+}
+
+/// Keeps the verdict in the run's record in Kafka (what `status` shows from
+/// any machine). A verdict that cannot be recorded is a warning: the
+/// comparison itself stands, and its summary says the same.
+async fn record_verdict(
+    kafka: &crate::config::KafkaConfig,
+    source: &str,
+    database: &str,
+    s: &VerifySummary,
+) {
+    use crate::pipeline::runlog::{publish, sanitize, verify_key, VerifyRecord};
+    let tables = s
+        .tables
+        .iter()
+        .flat_map(|t| {
+            t.targets.iter().map(|(target, v)| crate::report::Verdict {
+                table: t.table.clone(),
+                target: target.to_string(),
+                identical: v.counts.total() == 0,
+                target_rows: v.target_rows,
+                mismatched_buckets: v.mismatched_buckets,
+                missing: v.counts.missing,
+                extra: v.counts.extra,
+                different: v.counts.different,
+            })
+        })
+        .collect();
+    let rec = VerifyRecord {
+        finished_ms: now_ms(),
+        identical: s.identical,
+        sample_pct: s.sample_pct,
+        compared: s.compared,
+        missing: s.missing,
+        extra: s.extra,
+        different: s.different,
+        mismatched_buckets: s.mismatched_buckets,
+        remaining_after_repair: s.repair.as_ref().map(|r| r.remaining),
+        tables,
+    };
+    let db = sanitize(database);
+    let txn = format!("falcon-verify-{source}-{db}");
+    if let Err(e) = publish(kafka, &txn, &verify_key(source, &db), &rec).await {
+        tracing::warn!(
+            "verify's verdict could not be recorded in Kafka (status will not show it): {e}"
+        );
+    }
 }
 
 type Timed<T> = (T, f64);

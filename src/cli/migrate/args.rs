@@ -59,6 +59,13 @@ Examples:
   falcon-migrate verify -c falcon.toml --target hbase --tables message --json
   falcon-migrate verify -c falcon.toml --metrics-addr 127.0.0.1:9464 --metrics-linger 30")]
     Verify(VerifyArgs),
+    /// Shows a migration's state from its record in Kafka alone (any machine, no state dir needed).
+    #[command(after_help = "\
+Examples:
+  falcon-migrate status -c falcon.toml
+  falcon-migrate status -c falcon.toml --watch          # refresh every 5 s until Ctrl-C
+  falcon-migrate status -c falcon.toml --json --run-id base-2026-11 --diff-run-id diff")]
+    Status(StatusArgs),
     /// Validates the config and checks that MySQL, Kafka and HBase answer.
     #[command(after_help = "\
 Examples:
@@ -179,6 +186,24 @@ pub struct VerifyArgs {
     /// Kafka events per partition folded in memory; larger partitions are folded through spill files.
     #[arg(long, default_value_t = 2_000_000)]
     pub kafka_memory_rows: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The base run to show.
+    #[arg(long, default_value = "base", value_parser = run_id)]
+    pub run_id: String,
+    /// The diff run to show.
+    #[arg(long, default_value = "diff", value_parser = run_id)]
+    pub diff_run_id: String,
+    /// The source server's identity as recorded (MySQL's server UUID; MariaDB's host-port-server_id), when runs of the same database on several servers share the progress topic.
+    #[arg(long)]
+    pub source_id: Option<String>,
+    /// Show it again every SECS seconds (1 to 3600; 5 when no value is given) until Ctrl-C.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "5", value_parser = whole_number(1u64, Some(3600)))]
+    pub watch: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -533,6 +558,8 @@ mod tests {
                 "--metrics-linger",
             ),
             (&["base", "--metrics-linger", "5"], "--metrics-addr"),
+            (&["status", "--watch", "0"], "--watch"),
+            (&["status", "--run-id", "a/b"], "--run-id"),
         ];
         for (args, flag) in cases {
             let mut full = vec![args[0], "-c", "f.toml"];
@@ -540,6 +567,22 @@ mod tests {
             let msg = refused(&full);
             assert!(msg.contains(flag), "{full:?}: {msg}");
         }
+    }
+
+    #[test]
+    fn status_watches_every_five_seconds_unless_told() {
+        let watch = |args: &[&str]| {
+            let mut full = vec!["status", "-c", "f.toml"];
+            full.extend_from_slice(args);
+            match parse(&full).unwrap().command {
+                Command::Status(s) => s.watch,
+                _ => panic!("status"),
+            }
+        };
+        assert_eq!(watch(&[]), None);
+        assert_eq!(watch(&["--watch"]), Some(5));
+        assert_eq!(watch(&["--watch", "30"]), Some(30));
+        assert_eq!(watch(&["--watch", "--json"]), Some(5));
     }
 
     #[test]
@@ -637,7 +680,7 @@ mod tests {
 
     #[test]
     fn each_subcommand_help_shows_examples() {
-        for sub in ["base", "diff", "verify", "check"] {
+        for sub in ["base", "diff", "verify", "status", "check"] {
             let e = parse(&[sub, "--help"]).expect_err("help is an early exit");
             assert!(!e.use_stderr(), "--help goes to stdout and exits 0");
             let text = e.to_string();

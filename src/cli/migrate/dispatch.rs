@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::args::{
-    BaseArgs, Command, CommonArgs, DiffArgs, DiffMode, TargetArg, VerifyArgs, DEFAULT_OVERLAP_S,
+    BaseArgs, Command, CommonArgs, DiffArgs, DiffMode, StatusArgs, TargetArg, VerifyArgs,
+    DEFAULT_OVERLAP_S,
 };
 use super::observe::{report_line, Observer};
 use super::render::{self, CheckReport};
@@ -23,6 +24,50 @@ pub(super) async fn dispatch(cmd: Command) -> Result<i32> {
         Command::Diff(args) if args.mode == DiffMode::Watermark => diff_watermark(args).await,
         Command::Diff(args) => diff(args).await,
         Command::Verify(args) => verify(args).await,
+        Command::Status(args) => status(args).await,
+    }
+}
+
+/// One look at the run's record, or (`--watch`) one every few seconds until
+/// Ctrl-C; a Kafka that cannot be read is said, and watched for again.
+async fn status(args: StatusArgs) -> Result<i32> {
+    let cfg = Config::load(&args.common.config)?;
+    let opts = crate::status::StatusOptions {
+        base_run_id: args.run_id.clone(),
+        diff_run_id: args.diff_run_id.clone(),
+        source_id: args.source_id.clone(),
+    };
+    let json = args.common.json;
+    let Some(every) = args.watch else {
+        let s = crate::status::read(&cfg, &opts).await?;
+        render::print(json, || render::status(&s), &s);
+        return Ok(exit::OK);
+    };
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    loop {
+        match crate::status::read(&cfg, &opts).await {
+            Ok(s) if json => println!("{}", serde_json::to_string(&s).unwrap_or_default()),
+            Ok(s) => {
+                if tty {
+                    // Clear the screen and go home: one screen, refreshed.
+                    print!("\x1b[2J\x1b[H");
+                }
+                print!("{}", render::status(&s));
+                if !tty {
+                    println!();
+                }
+            }
+            Err(e @ (Error::Usage(_) | Error::Config { .. })) => return Err(e),
+            Err(e) => eprintln!(
+                "{}: status unknown: cannot read the progress topic {}: {e}",
+                crate::report::utc_text(crate::pipeline::base::now_ms() / 1000),
+                cfg.kafka.progress_topic
+            ),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(every)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(exit::OK),
+        }
     }
 }
 
@@ -106,7 +151,7 @@ async fn base(args: BaseArgs) -> Result<i32> {
         Ok(BaseOutcome::Done(s)) => s,
         Ok(BaseOutcome::Planned(_)) => return Err(Error::Other("a copy only planned".into())),
         Err(e) => {
-            obs.finish::<()>(Err(&e)).await;
+            obs.finish::<()>(Err(&e)).1.wait().await;
             return Err(e);
         }
     };
@@ -115,9 +160,10 @@ async fn base(args: BaseArgs) -> Result<i32> {
     } else {
         exit::OK
     };
-    let report = obs.finish(Ok((&s, outcome(code)))).await;
+    let (report, linger) = obs.finish(Ok((&s, outcome(code))));
     let words = render::base(&s) + &report_line(report.as_ref());
     render::emit(args.common.json, &words, &s);
+    linger.wait().await;
     Ok(code)
 }
 
@@ -162,7 +208,7 @@ async fn verify(args: VerifyArgs) -> Result<i32> {
     let s = match crate::verify::run(cfg, opts).await {
         Ok(s) => s,
         Err(e) => {
-            obs.finish::<()>(Err(&e)).await;
+            obs.finish::<()>(Err(&e)).1.wait().await;
             return Err(e);
         }
     };
@@ -172,9 +218,10 @@ async fn verify(args: VerifyArgs) -> Result<i32> {
     } else {
         exit::DIFFERENCES
     };
-    let report = obs.finish(Ok((&s, outcome(code)))).await;
+    let (report, linger) = obs.finish(Ok((&s, outcome(code))));
     let words = render::verify(&s) + &report_line(report.as_ref());
     render::emit(args.common.json, &words, &s);
+    linger.wait().await;
     Ok(code)
 }
 
@@ -201,7 +248,7 @@ async fn diff(args: DiffArgs) -> Result<i32> {
     let s = match diff::run(cfg, opts).await {
         Ok(s) => s,
         Err(e) => {
-            obs.finish::<()>(Err(&e)).await;
+            obs.finish::<()>(Err(&e)).1.wait().await;
             return Err(e);
         }
     };
@@ -212,9 +259,10 @@ async fn diff(args: DiffArgs) -> Result<i32> {
     } else {
         exit::OK
     };
-    let report = obs.finish(Ok((&s, outcome(code)))).await;
+    let (report, linger) = obs.finish(Ok((&s, outcome(code))));
     let words = render::diff(&s) + &report_line(report.as_ref());
     render::emit(args.common.json, &words, &s);
+    linger.wait().await;
     Ok(code)
 }
 
@@ -241,7 +289,7 @@ async fn diff_watermark(args: DiffArgs) -> Result<i32> {
     let s = match watermark::run(cfg, opts).await {
         Ok(s) => s,
         Err(e) => {
-            obs.finish::<()>(Err(&e)).await;
+            obs.finish::<()>(Err(&e)).1.wait().await;
             return Err(e);
         }
     };
@@ -252,8 +300,9 @@ async fn diff_watermark(args: DiffArgs) -> Result<i32> {
     } else {
         exit::OK
     };
-    let report = obs.finish(Ok((&s, outcome(code)))).await;
+    let (report, linger) = obs.finish(Ok((&s, outcome(code))));
     let words = render::watermark(&s) + &report_line(report.as_ref());
     render::emit(args.common.json, &words, &s);
+    linger.wait().await;
     Ok(code)
 }

@@ -1,4 +1,4 @@
-//! `falcon-migrate`: base, diff, verify, check.
+//! `falcon-migrate`: base, diff, verify, status, check.
 //!
 //! `args` parses and checks the command line (ranges, run ids, flags of one
 //! diff mode only), `dispatch` turns checked arguments into each phase's
@@ -10,7 +10,8 @@ mod observe;
 mod render;
 
 pub use args::{
-    BaseArgs, Cli, Command, CommonArgs, DiffArgs, DiffMode, MetricsArgs, TargetArg, VerifyArgs,
+    BaseArgs, Cli, Command, CommonArgs, DiffArgs, DiffMode, MetricsArgs, StatusArgs, TargetArg,
+    VerifyArgs,
 };
 
 pub fn main() -> i32 {

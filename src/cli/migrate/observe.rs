@@ -50,13 +50,14 @@ impl Observer {
     }
 
     /// Writes the report of a phase that ended with `summary` (with its
-    /// outcome: `ok`, `dead-lettered`, `differences`) or with an error, then
-    /// keeps `/metrics` up for the linger time. Returns the report's path;
-    /// a report that cannot be written is logged, never the phase's failure.
-    pub(super) async fn finish<S: Serialize>(
+    /// outcome: `ok`, `dead-lettered`, `differences`) or with an error.
+    /// Returns the report's path (a report that cannot be written is logged,
+    /// never the phase's failure) and the metrics server, to [`Linger::wait`]
+    /// on once the summary is out.
+    pub(super) fn finish<S: Serialize>(
         self,
         outcome: std::result::Result<(&S, &str), &Error>,
-    ) -> Option<PathBuf> {
+    ) -> (Option<PathBuf>, Linger) {
         metrics::end_run();
         let (outcome, summary) = match outcome {
             Ok((s, label)) => (
@@ -83,17 +84,34 @@ impl Observer {
                 None
             }
         };
-        if let Some(server) = self.server {
-            if !self.linger.is_zero() {
-                tracing::info!("metrics stay up for {:?} (--metrics-linger)", self.linger);
-                tokio::select! {
-                    _ = tokio::time::sleep(self.linger) => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+        let linger = Linger {
+            server: self.server,
+            linger: self.linger,
+        };
+        (path, linger)
+    }
+}
+
+/// The metrics server of a phase that ended.
+pub(super) struct Linger {
+    server: Option<tokio::task::JoinHandle<()>>,
+    linger: Duration,
+}
+
+impl Linger {
+    /// Keeps `/metrics` up for `--metrics-linger` (Ctrl-C cuts it short).
+    pub(super) async fn wait(self) {
+        let Some(server) = self.server else {
+            return;
+        };
+        if !self.linger.is_zero() {
+            tracing::info!("metrics stay up for {:?} (--metrics-linger)", self.linger);
+            tokio::select! {
+                _ = tokio::time::sleep(self.linger) => {}
+                _ = tokio::signal::ctrl_c() => {}
             }
-            server.abort();
         }
-        path
+        server.abort();
     }
 }
 

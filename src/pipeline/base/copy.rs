@@ -214,6 +214,7 @@ impl Work for ChunkWork<'_> {
             done: done.clone(),
             run: sh.opts.run_id.clone(),
             shard: sh.opts.shard.to_string(),
+            committed_ms: super::now_ms(),
         };
         let payload = serde_json::to_vec(&marker).map_err(|e| Error::Other(e.to_string()))?;
         self.done = Some(done);

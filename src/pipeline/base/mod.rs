@@ -29,7 +29,7 @@ use sqlx::mysql::{MySqlPool, MySqlRow};
 use self::plan::Chunk;
 pub use self::plan::{DryRun, PlanTable};
 use super::commit::{Committer, HbaseLane, RetryPolicy};
-use super::runlog::{Scope, ShardDone};
+use super::runlog::{Scope, ShardChunks, ShardDone, TableChunks};
 use crate::checkpoint::{JsonlAppender, RunRecord, Shard, StateDir};
 use crate::config::{Config, TableMapping};
 use crate::error::{Error, Result};
@@ -316,6 +316,32 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
             &[&t.mapping.source],
             todo_here as f64,
         );
+    }
+
+    if opts.targets.kafka {
+        // What `status` shows as this shard's chunks to copy, from any machine.
+        let rec = ShardChunks {
+            shard: record.shard,
+            tables: tables
+                .iter()
+                .zip(&mine)
+                .map(|(t, &(all, this_shard, _))| TableChunks {
+                    table: t.mapping.source.clone(),
+                    chunks: this_shard,
+                    estimated_rows: (t.estimated_rows * this_shard)
+                        .checked_div(all)
+                        .unwrap_or(0),
+                })
+                .collect(),
+            planned_ms: now_ms(),
+        };
+        start::publish(
+            &cfg,
+            &start::ctl_txn_id(&scope, record.shard),
+            &scope.shard_key(record.shard, "chunks"),
+            &rec,
+        )
+        .await?;
     }
 
     let kinds: Vec<_> = tables.iter().map(|t| t.spec.kind).collect();

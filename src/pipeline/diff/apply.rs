@@ -83,6 +83,8 @@ impl Applier {
             position: at.0.clone(),
             skip: at.1,
             version_floor_ms: self.floor_ms,
+            committed_ms: now_ms(),
+            lag_ms: self.last_lag_ms,
         }
     }
 
@@ -131,6 +133,10 @@ impl Applier {
             }
         }
         let end = self.with_gtid(self.seen.clone()).await;
+        if let Some(last) = txs.last() {
+            // The marker records the batch's lag as of its sending.
+            self.last_lag_ms = now_ms().saturating_sub(u64::from(last.ts_s) * 1000);
+        }
         batch.marker = Some(self.marker(&end)?);
         let what = format!("the diff batch ending at {}", show(&end));
         let r = self.committer.commit(&what, &mut batch).await;

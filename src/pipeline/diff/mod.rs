@@ -56,6 +56,12 @@ pub struct Checkpoint {
     pub skip: u64,
     /// Lowest version given to rows of tables without a version column.
     pub version_floor_ms: u64,
+    /// When the batch was written (Unix ms), and its lag then (source commit
+    /// of its last transaction → written): what `status` shows of the diff.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub committed_ms: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lag_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

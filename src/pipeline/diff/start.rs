@@ -199,6 +199,8 @@ mod tests {
             position: pos(off),
             skip: 0,
             version_floor_ms: 77,
+            committed_ms: 0,
+            lag_ms: 0,
         }
     }
 
