@@ -5,7 +5,8 @@
 # Usage: scripts/test.sh [extra `cargo test` args, e.g. a test name filter]
 #
 # Works on a fresh Debian 12 with Rust, a JDK, Maven, gcc and cmake: missing build
-# tools (make, g++ for librdkafka) and rustfmt/clippy are installed on demand; the
+# tools (make, g++ for librdkafka), Chromium (headless, for the report test) and
+# rustfmt/clippy are installed on demand; the
 # servers' packages and jars are scripts/stack.sh's business.
 #
 # Environment:
@@ -37,6 +38,8 @@ ensure_build_tools() {
   command -v c++ >/dev/null 2>&1 || missing+=(g++)
   command -v make >/dev/null 2>&1 || missing+=(make)
   command -v perl >/dev/null 2>&1 || missing+=(perl)
+  # tests/observe.rs renders the run reports in headless Chromium.
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   ((${#missing[@]})) || return 0
   log "apt-get install ${missing[*]}"
   local try
