@@ -508,6 +508,28 @@ mod tests {
     }
 
     #[test]
+    fn the_example_dashboard_queries_only_declared_metrics() {
+        let dash = include_str!("../deploy/grafana/falcon-migrate-dashboard.json");
+        let v: serde_json::Value = serde_json::from_str(dash).expect("dashboard JSON");
+        let mut queried = 0;
+        for p in v["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                let expr = t["expr"].as_str().unwrap();
+                for (i, _) in expr.match_indices("falcon_") {
+                    let name: String = expr[i..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    let base = name.strip_suffix("_bucket").unwrap_or(&name);
+                    assert!(ALL.iter().any(|d| d.name == base), "{name} in {expr}");
+                    queried += 1;
+                }
+            }
+        }
+        assert!(queried >= 20, "{queried}");
+    }
+
+    #[test]
     fn names_follow_the_conventions() {
         for d in ALL {
             assert!(d.name.starts_with("falcon_"), "{}", d.name);

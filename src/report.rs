@@ -36,6 +36,8 @@ pub struct Series {
 #[derive(Debug, Default)]
 struct Samples {
     interval: Duration,
+    /// When the last sample was taken.
+    last: Option<f64>,
     /// Cumulative rows written, by "table → target".
     written: BTreeMap<String, Vec<(f64, f64)>>,
     lag: Vec<(f64, f64)>,
@@ -43,14 +45,21 @@ struct Samples {
 
 impl Samples {
     fn take(&mut self, t: f64) {
+        let before = self.last;
         for (labels, v) in metrics::values(&metrics::ROWS_WRITTEN) {
             if let [_, table, target] = labels.as_slice() {
-                self.written
+                let series = self
+                    .written
                     .entry(format!("{table} → {target}"))
-                    .or_default()
-                    .push((t, v));
+                    .or_default();
+                if series.is_empty() {
+                    // Counted since the previous sample: it was 0 then.
+                    series.push((before.unwrap_or(0.0), 0.0));
+                }
+                series.push((t, v));
             }
         }
+        self.last = Some(t);
         if let Some((_, lag)) = metrics::values(&metrics::DIFF_LAG).first() {
             self.lag.push((t, *lag));
         }

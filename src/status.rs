@@ -41,6 +41,8 @@ pub struct StatusOptions {
 pub struct Status {
     pub command: &'static str,
     pub progress_topic: String,
+    /// False before any phase has run against this Kafka cluster.
+    pub progress_topic_exists: bool,
     pub database: String,
     /// The source server the records are of (None: nothing recorded).
     pub source: Option<String>,
@@ -127,14 +129,23 @@ pub async fn read(cfg: &Config, opts: &StatusOptions) -> Result<Status> {
         budget: std::time::Duration::from_secs(10),
         ..RetryPolicy::default()
     };
-    let recs = blocking(move || read_progress_with(&k, "", true, &policy)).await?;
-    summarize(
+    let recs = blocking(move || {
+        if !crate::sink::kafka::topic_exists(&k, &k.progress_topic)? {
+            return Ok(None);
+        }
+        read_progress_with(&k, "", true, &policy).map(Some)
+    })
+    .await?;
+    let exists = recs.is_some();
+    let mut s = summarize(
         cfg.kafka.progress_topic.clone(),
         &database,
         opts,
-        &recs,
+        &recs.unwrap_or_default(),
         now_ms(),
-    )
+    )?;
+    s.progress_topic_exists = exists;
+    Ok(s)
 }
 
 /// The sources with records of `database` in the topic.
@@ -183,6 +194,7 @@ pub fn summarize(
     Ok(Status {
         command: "status",
         progress_topic,
+        progress_topic_exists: true,
         database: database.to_string(),
         source,
         read_at_ms: now,

@@ -227,6 +227,13 @@ pub(super) fn status(s: &crate::status::Status) -> String {
         s.progress_topic,
         when(s.read_at_ms)
     );
+    if !s.progress_topic_exists {
+        let _ = writeln!(
+            w,
+            "the progress topic {} does not exist: no phase has recorded anything in this Kafka cluster yet",
+            s.progress_topic
+        );
+    }
     let b = &s.base;
     let total = |t: Option<u64>| t.map_or("unknown".to_string(), |t| t.to_string());
     let eta = |e: Option<f64>| e.map_or("unknown".to_string(), dur);
