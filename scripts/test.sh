@@ -5,7 +5,8 @@
 # Usage: scripts/test.sh [extra `cargo test` args, e.g. a test name filter]
 #
 # Works on a fresh Debian 12 with Rust, a JDK, Maven, gcc and cmake: missing build
-# tools (make, g++ for librdkafka) and rustfmt/clippy are installed on demand; the
+# tools (make, g++ for librdkafka), Chromium (headless, for the report test) and
+# rustfmt/clippy are installed on demand; the
 # servers' packages and jars are scripts/stack.sh's business.
 #
 # Environment:
@@ -41,6 +42,8 @@ ensure_build_tools() {
   command -v perl >/dev/null 2>&1 || missing+=(perl)
   command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
   [[ -f /usr/include/openssl/ssl.h ]] || missing+=(libssl-dev)
+  # tests/observe.rs renders the run reports in headless Chromium.
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   ((${#missing[@]})) || return 0
   log "apt-get install ${missing[*]}"
   local try

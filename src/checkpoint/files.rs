@@ -62,6 +62,11 @@ pub fn write_json_atomic<T: Serialize>(p: &Path, v: &T) -> Result<()> {
     replace_file(p, |f| f.write_all(&body))
 }
 
+/// Writes `bytes` to `p` atomically (a report, a page), private to the owner.
+pub fn write_bytes_atomic(p: &Path, bytes: &[u8]) -> Result<()> {
+    replace_file(p, |f| f.write_all(bytes))
+}
+
 /// Replaces `p` with what `fill` writes, atomically and durably.
 fn replace_file(p: &Path, fill: impl FnOnce(&mut File) -> std::io::Result<()>) -> Result<()> {
     let dir = parent(p);

@@ -27,10 +27,11 @@ use rdkafka::util::Timeout;
 
 pub use super::lane::{HbaseJob, HbaseLane};
 pub use super::retry::RetryPolicy;
-pub(crate) use super::retry::{blocking, next_step, retry_blocking, Next};
+pub(crate) use super::retry::{blocking, count_retry, next_step, retry_blocking, Next};
 use crate::checkpoint::JsonlAppender;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result, Retry};
+use crate::metrics;
 use crate::sink::kafka::tx::{make_tx_producer, read_markers, send, TxProducer};
 
 /// A unit's progress record, committed in its Kafka transaction.
@@ -122,6 +123,8 @@ pub struct Committer {
     unresolved: Option<Marker>,
     /// Kafka transactions committed by this committer.
     pub commits: u64,
+    /// What a unit is, for the metrics (`base_chunk`, `diff_batch`, ...).
+    unit: &'static str,
 }
 
 impl Committer {
@@ -144,7 +147,14 @@ impl Committer {
             policy,
             unresolved: None,
             commits: 0,
+            unit: "unit",
         }
+    }
+
+    /// Names the units in the metrics (`falcon_unit_duration_seconds{unit}`).
+    pub fn named(mut self, unit: &'static str) -> Committer {
+        self.unit = unit;
+        self
     }
 
     /// Writes `work` as one unit, retrying it within the budget; `what` names
@@ -152,10 +162,14 @@ impl Committer {
     pub async fn commit(&mut self, what: &str, work: &mut impl Work) -> Result<()> {
         let mut attempt = 0u32;
         let mut first_failure: Option<Instant> = None;
+        let started = Instant::now();
         loop {
             attempt += 1;
             let e = match self.attempt(work).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    metrics::observe(&metrics::UNIT_SECONDS, &[self.unit], started.elapsed());
+                    return Ok(());
+                }
                 Err(e) => self.fenced_or(e),
             };
             let step = next_step(&e);
@@ -164,6 +178,7 @@ impl Committer {
             let wait = self.policy.delay(attempt);
             match step {
                 Next::Redo { .. } if since.elapsed() + wait <= self.policy.budget => {
+                    count_retry(&e);
                     tracing::warn!(attempt, "retrying {what} in {wait:?}: {e}");
                     tokio::time::sleep(wait).await;
                 }
@@ -235,6 +250,11 @@ impl Committer {
         }
     }
 
+    fn count_commit(&mut self) {
+        self.commits += 1;
+        metrics::inc(&metrics::KAFKA_TXNS, &[self.unit], 1);
+    }
+
     async fn attempt(&mut self, work: &mut impl Work) -> Result<()> {
         let producer = match self.kafka.as_mut() {
             None => None,
@@ -254,7 +274,7 @@ impl Committer {
             if marker_committed(&cfg, &m).await? {
                 tracing::info!(marker = %m.key, "the unit's commit had gone through");
                 self.unresolved = None;
-                self.commits += 1;
+                self.count_commit();
                 return Ok(());
             }
             self.unresolved = None;
@@ -291,9 +311,15 @@ impl Committer {
             send(&p, &k.cfg.progress_topic, m.key.as_bytes(), &m.payload).await?;
         }
         let budget = self.policy.budget;
+        let committing = Instant::now();
         match commit_transaction(&p, budget).await {
             Ok(()) => {
-                self.commits += 1;
+                metrics::observe(
+                    &metrics::KAFKA_COMMIT_SECONDS,
+                    &[self.unit],
+                    committing.elapsed(),
+                );
+                self.count_commit();
                 Ok(())
             }
             Err(e) => {

@@ -97,6 +97,7 @@ pub(crate) fn retry_blocking<T>(
         let wait = policy.delay(attempt);
         match next_step(&e) {
             Next::Redo { .. } if since.elapsed() + wait <= policy.budget => {
+                count_retry(&e);
                 tracing::warn!(attempt, "retrying {what} in {wait:?}: {e}");
                 std::thread::sleep(wait);
             }
@@ -110,6 +111,27 @@ pub(crate) fn retry_blocking<T>(
             Next::Stop => return Err(e),
         }
     }
+}
+
+/// Counts a retry in `falcon_retries_total{server, cause}`: the server whose
+/// error caused it, and the error's retry kind.
+pub(crate) fn count_retry(e: &Error) {
+    let server = match e {
+        Error::Mysql { .. } | Error::Unreachable { .. } => "mysql",
+        Error::Binlog { .. } | Error::BinlogLost { .. } => "binlog",
+        Error::Kafka { .. } => "kafka",
+        Error::Hbase { .. } => "hbase",
+        Error::Io { .. } | Error::Checkpoint { .. } => "local",
+        _ => "other",
+    };
+    let cause = match e.retry() {
+        Retry::Transient => "transient",
+        Retry::Abort => "abort",
+        Retry::Rebuild => "rebuild",
+        Retry::Fenced => "fenced",
+        Retry::Never => "never",
+    };
+    crate::metrics::inc(&crate::metrics::RETRIES, &[server, cause], 1);
 }
 
 pub(crate) async fn blocking<T: Send + 'static>(

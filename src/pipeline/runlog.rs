@@ -133,6 +133,78 @@ pub struct ChunkMarker {
     pub done: ChunkDone,
     pub run: String,
     pub shard: String,
+    /// When the chunk's transaction was sent to commit (Unix ms; 0 in
+    /// records of older versions): `status` derives rates from it.
+    #[serde(default)]
+    pub committed_ms: u64,
+}
+
+/// How many chunks a shard has to copy, per table: published each time the
+/// shard starts or resumes, once its chunks are planned.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShardChunks {
+    pub shard: Shard,
+    pub tables: Vec<TableChunks>,
+    pub planned_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TableChunks {
+    pub table: String,
+    /// Chunks of this shard that hold rows (done or not).
+    pub chunks: u64,
+    /// The source's row estimate for this shard's share of the table.
+    pub estimated_rows: u64,
+}
+
+/// A verify run's verdict, kept under `<source>/<db>/verify/last`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VerifyRecord {
+    pub finished_ms: u64,
+    pub identical: bool,
+    pub sample_pct: f64,
+    pub compared: u64,
+    pub missing: u64,
+    pub extra: u64,
+    pub different: u64,
+    pub mismatched_buckets: u64,
+    /// After `--repair`: rows still differing.
+    pub remaining_after_repair: Option<u64>,
+    pub tables: Vec<crate::report::Verdict>,
+}
+
+/// The key of a database's last verify verdict.
+pub fn verify_key(source: &str, database: &str) -> String {
+    format!("{source}/{database}/verify/last")
+}
+
+/// Commits one record to the progress topic in a transaction of its own,
+/// with the transactional id `txn_id` (which fences an older producer of it).
+pub async fn publish(
+    kafka: &KafkaConfig,
+    txn_id: &str,
+    key: &str,
+    value: &impl Serialize,
+) -> Result<()> {
+    use rdkafka::producer::Producer;
+    let payload = serde_json::to_vec(value).map_err(|e| Error::Other(e.to_string()))?;
+    let (k, id, key, topic) = (
+        kafka.clone(),
+        txn_id.to_string(),
+        key.to_string(),
+        kafka.progress_topic.clone(),
+    );
+    let p = blocking(move || crate::sink::kafka::tx::make_tx_producer(&k, &id)).await?;
+    p.begin_transaction()
+        .map_err(|e| Error::kafka("begin transaction", e))?;
+    crate::sink::kafka::tx::send(&p, &topic, key.as_bytes(), &payload).await?;
+    blocking(move || {
+        p.commit_transaction(rdkafka::util::Timeout::After(
+            std::time::Duration::from_secs(60),
+        ))
+        .map_err(|e| Error::kafka(format!("commit {key}"), e))
+    })
+    .await
 }
 
 /// Everything committed under a run's scope, read once.
@@ -143,6 +215,8 @@ pub struct RunLog {
     pub starts: Vec<ShardStart>,
     pub dones: Vec<ShardDone>,
     pub chunks: Vec<ChunkMarker>,
+    /// The latest chunk plan of each shard.
+    pub chunk_plans: Vec<ShardChunks>,
 }
 
 impl RunLog {
@@ -161,6 +235,7 @@ impl RunLog {
         let mut starts = std::collections::BTreeMap::new();
         let mut dones = std::collections::BTreeMap::new();
         let mut chunks = std::collections::BTreeMap::new();
+        let mut chunk_plans = std::collections::BTreeMap::new();
         for r in recs {
             let Some(rest) = r.key.strip_prefix(&base).and_then(|k| k.strip_prefix('/')) else {
                 continue;
@@ -179,6 +254,10 @@ impl RunLog {
                 if let Ok(s) = serde_json::from_slice::<ShardDone>(&r.payload) {
                     dones.insert(r.key.clone(), s);
                 }
+            } else if rest.starts_with("shard/") && rest.ends_with("/chunks") {
+                if let Ok(s) = serde_json::from_slice::<ShardChunks>(&r.payload) {
+                    chunk_plans.insert(r.key.clone(), s);
+                }
             } else if rest.starts_with("chunk/") {
                 if let Ok(c) = serde_json::from_slice::<ChunkMarker>(&r.payload) {
                     chunks.insert(r.key.clone(), c);
@@ -188,6 +267,7 @@ impl RunLog {
         log.starts = starts.into_values().collect();
         log.dones = dones.into_values().collect();
         log.chunks = chunks.into_values().collect();
+        log.chunk_plans = chunk_plans.into_values().collect();
         log
     }
 

@@ -233,7 +233,8 @@ pub async fn run(cfg: Config, opts: WatermarkOptions) -> Result<WatermarkSummary
         Some(HbaseLane::new(&cfg.hbase, prepared.hbase)),
         dead_file,
         opts.retry,
-    );
+    )
+    .named("watermark_page");
 
     let (interrupted, _) = super::on_interrupt("finishing the page in hand");
 

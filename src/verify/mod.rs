@@ -270,6 +270,8 @@ pub async fn run(cfg: Config, opts: VerifyOptions) -> Result<VerifySummary> {
     }
     let kinds: Vec<EntityKind> = tables.iter().map(|t| t.spec.kind).collect();
     let rooms = Arc::new(crate::mapping::Rooms::for_kinds(&pool, &kinds).await?);
+    let source_id = crate::pipeline::runlog::source_identity(&pool).await?;
+    let kafka = cfg.kafka.clone();
     let src = Arc::new(Source {
         pool,
         // Tables without a version column: the millisecond before the second
@@ -293,7 +295,56 @@ pub async fn run(cfg: Config, opts: VerifyOptions) -> Result<VerifySummary> {
         htables,
         ktables,
     };
-    ctx.verify(started).await
+    let summary = ctx.verify(started).await?;
+    record_verdict(&kafka, &source_id, &database, &summary).await;
+    Ok(summary)
+}
+
+/// Keeps the verdict in the run's record in Kafka (what `status` shows from
+/// any machine). A verdict that cannot be recorded is a warning: the
+/// comparison itself stands, and its summary says the same.
+async fn record_verdict(
+    kafka: &crate::config::KafkaConfig,
+    source: &str,
+    database: &str,
+    s: &VerifySummary,
+) {
+    use crate::pipeline::runlog::{publish, sanitize, verify_key, VerifyRecord};
+    let tables = s
+        .tables
+        .iter()
+        .flat_map(|t| {
+            t.targets.iter().map(|(target, v)| crate::report::Verdict {
+                table: t.table.clone(),
+                target: target.to_string(),
+                identical: v.counts.total() == 0,
+                target_rows: v.target_rows,
+                mismatched_buckets: v.mismatched_buckets,
+                missing: v.counts.missing,
+                extra: v.counts.extra,
+                different: v.counts.different,
+            })
+        })
+        .collect();
+    let rec = VerifyRecord {
+        finished_ms: now_ms(),
+        identical: s.identical,
+        sample_pct: s.sample_pct,
+        compared: s.compared,
+        missing: s.missing,
+        extra: s.extra,
+        different: s.different,
+        mismatched_buckets: s.mismatched_buckets,
+        remaining_after_repair: s.repair.as_ref().map(|r| r.remaining),
+        tables,
+    };
+    let db = sanitize(database);
+    let txn = format!("falcon-verify-{source}-{db}");
+    if let Err(e) = publish(kafka, &txn, &verify_key(source, &db), &rec).await {
+        tracing::warn!(
+            "verify's verdict could not be recorded in Kafka (status will not show it): {e}"
+        );
+    }
 }
 
 type Timed<T> = (T, f64);
@@ -382,6 +433,21 @@ impl Ctx {
                 .collect(),
             None => none.clone(),
         };
+        for (i, t) in self.tables.iter().enumerate() {
+            use crate::metrics::{inc, VERIFY_BUCKETS, VERIFY_MISMATCHED, VERIFY_ROWS};
+            let table = t.mapping.source.as_str();
+            inc(&VERIFY_ROWS, &[table], src[i].rows);
+            for (on, target, mm) in [
+                (h.is_some(), Target::Hbase, &mm_h[i]),
+                (k.is_some(), Target::Kafka, &mm_k[i]),
+            ] {
+                if on {
+                    let labels = [table, target.as_str()];
+                    inc(&VERIFY_BUCKETS, &labels, u64::from(filters[i].buckets));
+                    inc(&VERIFY_MISMATCHED, &labels, mm.len() as u64);
+                }
+            }
+        }
         tracing::info!(
             hbase = mm_h.iter().map(HashSet::len).sum::<usize>(),
             kafka = mm_k.iter().map(HashSet::len).sum::<usize>(),
@@ -485,12 +551,22 @@ impl Ctx {
             let rows: u64 = (0..n).map(|i| target_rows(t, i)).sum();
             let secs = secs.unwrap_or(0.0);
             for (i, pt) in per_table.iter_mut().enumerate() {
+                let counts = acc.counts_of(t, Some(i));
+                let table = self.tables[i].mapping.source.as_str();
+                for (kind, n) in [
+                    ("missing", counts.missing),
+                    ("extra", counts.extra),
+                    ("different", counts.different),
+                ] {
+                    let labels = [table, t.as_str(), kind];
+                    crate::metrics::inc(&crate::metrics::VERIFY_DIFFERING, &labels, n);
+                }
                 pt.insert(
                     t.as_str(),
                     TableTarget {
                         target_rows: target_rows(t, i),
                         mismatched_buckets: mm[i].len() as u64,
-                        counts: acc.counts_of(t, Some(i)),
+                        counts,
                     },
                 );
             }

@@ -198,7 +198,8 @@ pub async fn kafka(
         None,
         dead,
         RetryPolicy::default(),
-    );
+    )
+    .named("verify_repair");
     let mut work = RepairEvents {
         topics,
         kinds,

@@ -4,6 +4,7 @@
 //! flag.
 
 use std::fmt::Display;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -41,13 +42,14 @@ Examples:
   falcon-migrate base -c falcon.toml --workers 4
   falcon-migrate base -c falcon.toml --shard 2/8                      # the third of 8 machines
   falcon-migrate base -c falcon.toml --shards 8   # a pod of an 8-pod Indexed Job (index: JOB_COMPLETION_INDEX)
-  falcon-migrate base -c falcon.toml --resume                         # after a crash or Ctrl-C")]
+  falcon-migrate base -c falcon.toml --resume                         # after a crash or Ctrl-C
+  falcon-migrate base -c falcon.toml --metrics-addr 0.0.0.0:9464      # Prometheus scrapes /metrics")]
     Base(BaseArgs),
     /// Applies the inserts, updates and deletes made since the base (from the binlog).
     #[command(after_help = "\
 Examples:
   falcon-migrate diff -c falcon.toml --until-now
-  falcon-migrate diff -c falcon.toml --follow --json
+  falcon-migrate diff -c falcon.toml --follow --json --metrics-addr 0.0.0.0:9464
   falcon-migrate diff -c falcon.toml --mode watermark --since 1767225600 --overlap 600")]
     Diff(DiffArgs),
     /// Compares checksums of the source against Kafka and HBase, down to the row.
@@ -55,7 +57,8 @@ Examples:
 Examples:
   falcon-migrate verify -c falcon.toml --sample 1
   falcon-migrate verify -c falcon.toml --report diffs.csv --repair
-  falcon-migrate verify -c falcon.toml --target hbase --tables message --json")]
+  falcon-migrate verify -c falcon.toml --target hbase --tables message --json
+  falcon-migrate verify -c falcon.toml --metrics-addr 127.0.0.1:9464 --metrics-linger 30")]
     Verify(VerifyArgs),
     /// Predicts the night: base time per shard count, diff catch-up, verify, the shards that fit the window.
     #[command(after_help = "\
@@ -64,6 +67,13 @@ Examples:
   falcon-migrate plan -c falcon.toml --calibrate 200000 --workers 4 --json
   falcon-migrate plan -c falcon.toml --summary base.json --summary diff.json --ceiling 120000 --days 3")]
     Plan(PlanArgs),
+    /// Shows a migration's state from its record in Kafka alone (any machine, no state dir needed).
+    #[command(after_help = "\
+Examples:
+  falcon-migrate status -c falcon.toml
+  falcon-migrate status -c falcon.toml --watch          # refresh every 5 s until Ctrl-C
+  falcon-migrate status -c falcon.toml --json --run-id base-2026-11 --diff-run-id diff")]
+    Status(StatusArgs),
     /// Validates the config and checks that MySQL, Kafka and HBase answer.
     #[command(after_help = "\
 Examples:
@@ -86,6 +96,17 @@ pub struct CommonArgs {
     pub json: bool,
 }
 
+/// Prometheus metrics of a running phase.
+#[derive(Debug, Clone, Args)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics (text format 0.0.4) at http://HOST:PORT/metrics while the phase runs, e.g. 0.0.0.0:9464.
+    #[arg(long, value_name = "HOST:PORT", env = "FALCON_METRICS_ADDR", value_parser = socket_addr)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Seconds (0 to 3600) /metrics stays up after the phase ends, so that the last scrape sees the final counts.
+    #[arg(long, default_value_t = 0, value_parser = whole_number(0u64, Some(3600)), requires = "metrics_addr")]
+    pub metrics_linger: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TargetArg {
     Kafka,
@@ -97,6 +118,8 @@ pub enum TargetArg {
 pub struct BaseArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// Parallel copy workers (each with its own MySQL, Kafka and HBase connection), 1 to 256.
     #[arg(long, default_value_t = 4, value_parser = whole_number(1usize, Some(256)))]
     pub workers: usize,
@@ -145,6 +168,8 @@ pub struct BaseArgs {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// Which targets to compare with the source.
     #[arg(long, value_enum, default_value = "all")]
     pub target: TargetArg,
@@ -228,6 +253,24 @@ pub struct PlanArgs {
     pub binlog_window_mb: u64,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The base run to show.
+    #[arg(long, default_value = "base", value_parser = run_id)]
+    pub run_id: String,
+    /// The diff run to show.
+    #[arg(long, default_value = "diff", value_parser = run_id)]
+    pub diff_run_id: String,
+    /// The source server's identity as recorded (MySQL's server UUID; MariaDB's host-port-server_id), when runs of the same database on several servers share the progress topic.
+    #[arg(long)]
+    pub source_id: Option<String>,
+    /// Show it again every SECS seconds (1 to 3600; 5 when no value is given) until Ctrl-C.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "5", value_parser = whole_number(1u64, Some(3600)))]
+    pub watch: Option<u64>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DiffMode {
     /// Replay the binlog (row events) from a position.
@@ -243,6 +286,8 @@ pub const DEFAULT_OVERLAP_S: u64 = 300;
 pub struct DiffArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// Where changes come from.
     #[arg(long, value_enum, default_value = "binlog")]
     pub mode: DiffMode,
@@ -337,6 +382,15 @@ impl crate::cli::Checked for Cli {
             .expect("a subcommand of the CLI");
         Err(found.error(ErrorKind::ArgumentConflict, msg))
     }
+}
+
+/// `HOST:PORT`, resolved once (a host name to its first address).
+fn socket_addr(s: &str) -> Result<SocketAddr, String> {
+    let bad = || format!("expected HOST:PORT (e.g. 0.0.0.0:9464), got {s:?}");
+    s.to_socket_addrs()
+        .map_err(|_| bad())?
+        .next()
+        .ok_or_else(bad)
 }
 
 fn parse_position(s: &str) -> Result<Position, String> {
@@ -606,6 +660,25 @@ mod tests {
             (&["verify", "--sample", "half"], "--sample"),
             (&["verify", "--recheck-delay=-1"], "--recheck-delay"),
             (&["verify", "--recheck-delay", "inf"], "--recheck-delay"),
+            (&["base", "--metrics-addr", "9464"], "--metrics-addr"),
+            (&["diff", "--metrics-addr", "localhost"], "--metrics-addr"),
+            (
+                &["verify", "--metrics-addr", "0.0.0.0:99999"],
+                "--metrics-addr",
+            ),
+            (
+                &[
+                    "base",
+                    "--metrics-addr",
+                    "127.0.0.1:9464",
+                    "--metrics-linger",
+                    "3601",
+                ],
+                "--metrics-linger",
+            ),
+            (&["base", "--metrics-linger", "5"], "--metrics-addr"),
+            (&["status", "--watch", "0"], "--watch"),
+            (&["status", "--run-id", "a/b"], "--run-id"),
         ];
         for (args, flag) in cases {
             let mut full = vec![args[0], "-c", "f.toml"];
@@ -705,6 +778,53 @@ mod tests {
     }
 
     #[test]
+    fn status_watches_every_five_seconds_unless_told() {
+        let watch = |args: &[&str]| {
+            let mut full = vec!["status", "-c", "f.toml"];
+            full.extend_from_slice(args);
+            match parse(&full).unwrap().command {
+                Command::Status(s) => s.watch,
+                _ => panic!("status"),
+            }
+        };
+        assert_eq!(watch(&[]), None);
+        assert_eq!(watch(&["--watch"]), Some(5));
+        assert_eq!(watch(&["--watch", "30"]), Some(30));
+        assert_eq!(watch(&["--watch", "--json"]), Some(5));
+    }
+
+    #[test]
+    fn metrics_flags_parse_on_every_phase() {
+        let Command::Base(b) = parse(&["base", "-c", "f.toml"]).unwrap().command else {
+            panic!("base")
+        };
+        assert_eq!(
+            (b.metrics.metrics_addr, b.metrics.metrics_linger),
+            (None, 0)
+        );
+        for sub in ["base", "diff", "verify"] {
+            let cli = parse(&[
+                sub,
+                "-c",
+                "f.toml",
+                "--metrics-addr",
+                "127.0.0.1:19464",
+                "--metrics-linger",
+                "30",
+            ])
+            .unwrap();
+            let m = match cli.command {
+                Command::Base(a) => a.metrics,
+                Command::Diff(a) => a.metrics,
+                Command::Verify(a) => a.metrics,
+                _ => panic!("{sub}"),
+            };
+            assert_eq!(m.metrics_addr, Some("127.0.0.1:19464".parse().unwrap()));
+            assert_eq!(m.metrics_linger, 30);
+        }
+    }
+
+    #[test]
     fn run_ids_are_short_plain_names() {
         for id in ["base", "b-1", "run_2026.11.28", "B", &"x".repeat(64)] {
             assert!(
@@ -768,7 +888,7 @@ mod tests {
 
     #[test]
     fn each_subcommand_help_shows_examples() {
-        for sub in ["base", "diff", "verify", "plan", "check"] {
+        for sub in ["base", "diff", "verify", "plan", "status", "check"] {
             let e = parse(&[sub, "--help"]).expect_err("help is an early exit");
             assert!(!e.use_stderr(), "--help goes to stdout and exits 0");
             let text = e.to_string();

@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use super::args::{
-    BaseArgs, Command, CommonArgs, DiffArgs, DiffMode, PlanArgs, TargetArg, VerifyArgs,
+    BaseArgs, Command, CommonArgs, DiffArgs, DiffMode, PlanArgs, StatusArgs, TargetArg, VerifyArgs,
     DEFAULT_OVERLAP_S,
 };
+use super::observe::{report_line, Observer};
 use super::render::{self, CheckReport};
 use crate::config::Config;
 use crate::error::{exit, Error, Result};
@@ -24,6 +25,50 @@ pub(super) async fn dispatch(cmd: Command) -> Result<i32> {
         Command::Diff(args) => diff(args).await,
         Command::Verify(args) => verify(args).await,
         Command::Plan(args) => plan(args).await,
+        Command::Status(args) => status(args).await,
+    }
+}
+
+/// One look at the run's record, or (`--watch`) one every few seconds until
+/// Ctrl-C; a Kafka that cannot be read is said, and watched for again.
+async fn status(args: StatusArgs) -> Result<i32> {
+    let cfg = Config::load(&args.common.config)?;
+    let opts = crate::status::StatusOptions {
+        base_run_id: args.run_id.clone(),
+        diff_run_id: args.diff_run_id.clone(),
+        source_id: args.source_id.clone(),
+    };
+    let json = args.common.json;
+    let Some(every) = args.watch else {
+        let s = crate::status::read(&cfg, &opts).await?;
+        render::print(json, || render::status(&s), &s);
+        return Ok(exit::OK);
+    };
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    loop {
+        match crate::status::read(&cfg, &opts).await {
+            Ok(s) if json => println!("{}", serde_json::to_string(&s).unwrap_or_default()),
+            Ok(s) => {
+                if tty {
+                    // Clear the screen and go home: one screen, refreshed.
+                    print!("\x1b[2J\x1b[H");
+                }
+                print!("{}", render::status(&s));
+                if !tty {
+                    println!();
+                }
+            }
+            Err(e @ (Error::Usage(_) | Error::Config { .. })) => return Err(e),
+            Err(e) => eprintln!(
+                "{}: status unknown: cannot read the progress topic {}: {e}",
+                crate::report::utc_text(crate::pipeline::base::now_ms() / 1000),
+                cfg.kafka.progress_topic
+            ),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(every)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(exit::OK),
+        }
     }
 }
 
@@ -96,19 +141,50 @@ async fn base(args: BaseArgs) -> Result<i32> {
         retry: retry(args.retry_budget),
         stop_after_rows: None,
     };
-    match base::run(cfg, opts).await? {
-        BaseOutcome::Planned(plan) => {
-            render::print(args.common.json, || render::dry_run(&plan), &plan);
-            Ok(exit::OK)
+    if args.dry_run {
+        let BaseOutcome::Planned(plan) = base::run(cfg, opts).await? else {
+            return Err(Error::Other("a dry run wrote something".into()));
+        };
+        render::print(args.common.json, || render::dry_run(&plan), &plan);
+        return Ok(exit::OK);
+    }
+    let shard = opts.shard.to_string();
+    let obs = Observer::start(
+        &args.metrics,
+        &args.common.state_dir,
+        "base",
+        &args.run_id,
+        &shard,
+    )
+    .await?;
+    let s = match base::run(cfg, opts).await {
+        Ok(BaseOutcome::Done(s)) => s,
+        Ok(BaseOutcome::Planned(_)) => return Err(Error::Other("a copy only planned".into())),
+        Err(e) => {
+            obs.finish::<()>(Err(&e)).1.wait().await;
+            return Err(e);
         }
-        BaseOutcome::Done(s) => {
-            render::emit(args.common.json, &render::base(&s), &s);
-            Ok(if s.dead_lettered > 0 {
-                exit::DEAD_LETTERED
-            } else {
-                exit::OK
-            })
-        }
+    };
+    let code = if s.dead_lettered > 0 {
+        exit::DEAD_LETTERED
+    } else {
+        exit::OK
+    };
+    let (report, linger) = obs.finish(Ok((&s, outcome(code))));
+    let words = render::base(&s) + &report_line(report.as_ref());
+    render::emit(args.common.json, &words, &s);
+    linger.wait().await;
+    Ok(code)
+}
+
+/// A finished phase's outcome in its report, from its exit status.
+fn outcome(code: i32) -> &'static str {
+    match code {
+        exit::OK => "ok",
+        exit::DEAD_LETTERED => "dead-lettered",
+        exit::DIFFERENCES => "differences",
+        exit::INTERRUPTED => "interrupted",
+        _ => "failed",
     }
 }
 
@@ -140,18 +216,36 @@ async fn verify(args: VerifyArgs) -> Result<i32> {
     }
     crate::verify::kafka::remove_stale_spills(&opts.spill_dir);
     crate::verify::kafka::clean_spills_on_interrupt(opts.spill_dir.clone());
-    let s = crate::verify::run(cfg, opts).await?;
-    render::emit(args.common.json, &render::verify(&s), &s);
+    let obs = Observer::start(
+        &args.metrics,
+        &args.common.state_dir,
+        "verify",
+        "verify",
+        "0/1",
+    )
+    .await?;
+    let s = match crate::verify::run(cfg, opts).await {
+        Ok(s) => s,
+        Err(e) => {
+            obs.finish::<()>(Err(&e)).1.wait().await;
+            return Err(e);
+        }
+    };
     let id_map_fixed = s
         .id_map
         .as_ref()
         .is_none_or(|m| m.missing + m.extra + m.different == 0 || m.remaining == Some(0));
     let fixed = args.repair && s.repair.as_ref().is_none_or(|r| r.remaining == 0) && id_map_fixed;
-    Ok(if s.identical || fixed {
+    let code = if s.identical || fixed {
         exit::OK
     } else {
         exit::DIFFERENCES
-    })
+    };
+    let (report, linger) = obs.finish(Ok((&s, outcome(code))));
+    let words = render::verify(&s) + &report_line(report.as_ref());
+    render::emit(args.common.json, &words, &s);
+    linger.wait().await;
+    Ok(code)
 }
 
 async fn diff(args: DiffArgs) -> Result<i32> {
@@ -167,15 +261,33 @@ async fn diff(args: DiffArgs) -> Result<i32> {
         progress_every: Duration::from_secs(args.progress_interval),
         retry: retry(args.retry_budget),
     };
-    let s = diff::run(cfg, opts).await?;
-    render::emit(args.common.json, &render::diff(&s), &s);
-    Ok(if s.stopped == "interrupted" && !s.follow {
+    let obs = Observer::start(
+        &args.metrics,
+        &args.common.state_dir,
+        "diff",
+        &args.run_id,
+        "0/1",
+    )
+    .await?;
+    let s = match diff::run(cfg, opts).await {
+        Ok(s) => s,
+        Err(e) => {
+            obs.finish::<()>(Err(&e)).1.wait().await;
+            return Err(e);
+        }
+    };
+    let code = if s.stopped == "interrupted" && !s.follow {
         exit::INTERRUPTED
     } else if s.dead_lettered > 0 {
         exit::DEAD_LETTERED
     } else {
         exit::OK
-    })
+    };
+    let (report, linger) = obs.finish(Ok((&s, outcome(code))));
+    let words = render::diff(&s) + &report_line(report.as_ref());
+    render::emit(args.common.json, &words, &s);
+    linger.wait().await;
+    Ok(code)
 }
 
 async fn diff_watermark(args: DiffArgs) -> Result<i32> {
@@ -191,15 +303,33 @@ async fn diff_watermark(args: DiffArgs) -> Result<i32> {
         progress_every: Duration::from_secs(args.progress_interval),
         retry: retry(args.retry_budget),
     };
-    let s = watermark::run(cfg, opts).await?;
-    render::emit(args.common.json, &render::watermark(&s), &s);
-    Ok(if s.stopped == "interrupted" {
+    let obs = Observer::start(
+        &args.metrics,
+        &args.common.state_dir,
+        "diff",
+        &args.run_id,
+        "0/1",
+    )
+    .await?;
+    let s = match watermark::run(cfg, opts).await {
+        Ok(s) => s,
+        Err(e) => {
+            obs.finish::<()>(Err(&e)).1.wait().await;
+            return Err(e);
+        }
+    };
+    let code = if s.stopped == "interrupted" {
         exit::INTERRUPTED
     } else if s.dead_lettered > 0 {
         exit::DEAD_LETTERED
     } else {
         exit::OK
-    })
+    };
+    let (report, linger) = obs.finish(Ok((&s, outcome(code))));
+    let words = render::watermark(&s) + &report_line(report.as_ref());
+    render::emit(args.common.json, &words, &s);
+    linger.wait().await;
+    Ok(code)
 }
 
 async fn plan(args: PlanArgs) -> Result<i32> {

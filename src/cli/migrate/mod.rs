@@ -1,4 +1,4 @@
-//! `falcon-migrate`: base, diff, verify, plan, check.
+//! `falcon-migrate`: base, diff, verify, plan, status, check.
 //!
 //! `args` parses and checks the command line (ranges, run ids, flags of one
 //! diff mode only), `dispatch` turns checked arguments into each phase's
@@ -6,10 +6,12 @@
 
 mod args;
 mod dispatch;
+mod observe;
 mod render;
 
 pub use args::{
-    BaseArgs, Cli, Command, CommonArgs, DiffArgs, DiffMode, PlanArgs, TargetArg, VerifyArgs,
+    BaseArgs, Cli, Command, CommonArgs, DiffArgs, DiffMode, MetricsArgs, PlanArgs, StatusArgs,
+    TargetArg, VerifyArgs,
 };
 
 pub fn main() -> i32 {

@@ -337,6 +337,116 @@ pub(super) fn plan(r: &PlanReport) -> String {
     w
 }
 
+pub(super) fn status(s: &crate::status::Status) -> String {
+    use crate::status::duration_text as dur;
+    let when = |ms: u64| crate::report::utc_text(ms / 1000);
+    let mut w = format!(
+        "status of database {} (source {}), progress topic {}, read {}\n",
+        s.database,
+        s.source.as_deref().unwrap_or("unknown: nothing recorded"),
+        s.progress_topic,
+        when(s.read_at_ms)
+    );
+    if !s.progress_topic_exists {
+        let _ = writeln!(
+            w,
+            "the progress topic {} does not exist: no phase has recorded anything in this Kafka cluster yet",
+            s.progress_topic
+        );
+    }
+    let b = &s.base;
+    let total = |t: Option<u64>| t.map_or("unknown".to_string(), |t| t.to_string());
+    let eta = |e: Option<f64>| e.map_or("unknown".to_string(), dur);
+    if b.state == "not started" {
+        let _ = writeln!(
+            w,
+            "base run {}: not started (no shard recorded in Kafka)",
+            b.run_id
+        );
+    } else {
+        let _ = writeln!(
+            w,
+            "base run {}: {}, chunks {}/{}, {} rows, {:.0} rows/s over the last minute, ETA {}{}",
+            b.run_id,
+            b.state,
+            b.chunks_done,
+            total(b.chunks_total),
+            b.rows,
+            b.rows_per_s,
+            eta(b.eta_s),
+            b.start_position
+                .as_ref()
+                .map_or(String::new(), |p| format!(", from {p}"))
+        );
+        for sh in &b.shards {
+            let _ = match sh.state {
+                "not started" => writeln!(w, "  shard {:<6} not started", sh.shard),
+                _ => writeln!(
+                    w,
+                    "  shard {:<6} {:<12} chunks {}/{}  rows {}{}",
+                    sh.shard,
+                    sh.state,
+                    sh.chunks_done,
+                    total(sh.chunks_total),
+                    sh.rows,
+                    sh.last_chunk_age_ms.map_or(String::new(), |a| format!(
+                        "  last chunk {} ago",
+                        dur(a as f64 / 1000.0)
+                    ))
+                ),
+            };
+        }
+        for t in &b.tables {
+            let _ = writeln!(
+                w,
+                "  table {:<14} chunks {}/{}  rows {}  {:.0} rows/s  ETA {}",
+                t.table,
+                t.chunks_done,
+                total(t.chunks_total),
+                t.rows,
+                t.rows_per_s,
+                eta(t.eta_s)
+            );
+        }
+    }
+    let d = &s.diff;
+    let _ = match &d.position {
+        None => writeln!(
+            w,
+            "diff run {}: not started (no position recorded in Kafka)",
+            d.run_id
+        ),
+        Some(p) => writeln!(
+            w,
+            "diff run {}: at {p}; {}",
+            d.run_id,
+            match (d.lag_s, d.last_batch_age_s) {
+                (Some(l), Some(a)) => format!("lag {l:.1}s at its last batch, {} ago", dur(a)),
+                _ => "lag unknown (recorded by an older version)".to_string(),
+            }
+        ),
+    };
+    let _ = match &s.verify.last {
+        None => writeln!(w, "verify: never run (no verdict recorded in Kafka)"),
+        Some(v) => writeln!(
+            w,
+            "verify: {} ({} rows compared{}, missing {}, extra {}, different {}), {}",
+            s.verify.state,
+            v.compared,
+            if v.sample_pct < 100.0 {
+                format!(" in a {}% sample", v.sample_pct)
+            } else {
+                String::new()
+            },
+            v.missing,
+            v.extra,
+            v.different,
+            when(v.finished_ms)
+        ),
+    };
+    w
+}
+
 /// A report with nothing running behind it (check, dry run): the words, or with
 /// `--json` the JSON object alone.
 pub(super) fn print(json: bool, words: impl FnOnce() -> String, report: &impl Serialize) {

@@ -76,11 +76,29 @@ pub(super) async fn worker(sh: Arc<Shared>, mut committer: Committer) -> Result<
         t.counters.hbase.fetch_add(done.hbase, Ordering::Relaxed);
         t.counters.dead.fetch_add(done.dead, Ordering::Relaxed);
         t.counters.chunks_done.fetch_add(1, Ordering::Relaxed);
+        record_metrics(&sh, &done);
         // The rate budget is paid after the chunk, before the next one begins.
         if let Some(l) = &sh.limiter {
             l.acquire(done.read).await;
         }
     }
+}
+
+/// A committed chunk's counts in the Prometheus metrics.
+fn record_metrics(sh: &Shared, done: &ChunkDone) {
+    use crate::metrics::{inc, CHUNKS_DONE, ROWS_DEAD, ROWS_READ, ROWS_WRITTEN};
+    let table = done.table.as_str();
+    inc(&ROWS_READ, &["base", table], done.read);
+    for (on, target, n) in [
+        (sh.opts.targets.kafka, "kafka", done.kafka),
+        (sh.opts.targets.hbase, "hbase", done.hbase),
+    ] {
+        if on {
+            inc(&ROWS_WRITTEN, &["base", table, target], n);
+        }
+    }
+    inc(&ROWS_DEAD, &["base", table], done.dead);
+    inc(&CHUNKS_DONE, &[table], 1);
 }
 
 /// One chunk as a unit of work.
@@ -196,6 +214,7 @@ impl Work for ChunkWork<'_> {
             done: done.clone(),
             run: sh.opts.run_id.clone(),
             shard: sh.opts.shard.to_string(),
+            committed_ms: super::now_ms(),
         };
         let payload = serde_json::to_vec(&marker).map_err(|e| Error::Other(e.to_string()))?;
         self.done = Some(done);

@@ -29,7 +29,7 @@ use sqlx::mysql::{MySqlPool, MySqlRow};
 use self::plan::Chunk;
 pub use self::plan::{DryRun, PlanTable};
 use super::commit::{Committer, HbaseLane, RetryPolicy};
-use super::runlog::{Scope, ShardDone};
+use super::runlog::{Scope, ShardChunks, ShardDone, TableChunks};
 use crate::checkpoint::{JsonlAppender, RunRecord, Shard, StateDir};
 use crate::config::{Config, TableMapping};
 use crate::error::{Error, Result};
@@ -331,6 +331,37 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
         let todo_here = queue.iter().filter(|c| c.table == ti).count() as u64;
         expected[ti] = per_chunk.max(1) * todo_here;
         t.counters.chunks_total.store(todo_here, Ordering::Relaxed);
+        crate::metrics::set(
+            &crate::metrics::CHUNKS_PLANNED,
+            &[&t.mapping.source],
+            todo_here as f64,
+        );
+    }
+
+    if opts.targets.kafka {
+        // What `status` shows as this shard's chunks to copy, from any machine.
+        let rec = ShardChunks {
+            shard: record.shard,
+            tables: tables
+                .iter()
+                .zip(&mine)
+                .map(|(t, &(all, this_shard, _))| TableChunks {
+                    table: t.mapping.source.clone(),
+                    chunks: this_shard,
+                    estimated_rows: (t.estimated_rows * this_shard)
+                        .checked_div(all)
+                        .unwrap_or(0),
+                })
+                .collect(),
+            planned_ms: now_ms(),
+        };
+        start::publish(
+            &cfg,
+            &start::ctl_txn_id(&scope, record.shard),
+            &scope.shard_key(record.shard, "chunks"),
+            &rec,
+        )
+        .await?;
     }
 
     let kinds: Vec<_> = tables.iter().map(|t| t.spec.kind).collect();
@@ -379,7 +410,7 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
             )
         });
         let lane = opts.targets.hbase.then(|| HbaseLane::new(&cfg.hbase, None));
-        let committer = Committer::new(kafka, lane, dead.clone(), opts.retry);
+        let committer = Committer::new(kafka, lane, dead.clone(), opts.retry).named("base_chunk");
         handles.push(tokio::spawn(copy::worker(shared.clone(), committer)));
     }
     let err = supervise(&shared, handles, &progress, opts.progress_every).await;

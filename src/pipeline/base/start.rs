@@ -15,8 +15,6 @@
 
 use std::collections::BTreeMap;
 
-use rdkafka::producer::Producer;
-use rdkafka::util::Timeout;
 use serde::Serialize;
 use sqlx::mysql::MySqlPool;
 
@@ -27,7 +25,7 @@ use crate::config::{Config, TableMapping};
 use crate::error::{Error, Result};
 use crate::pipeline::commit::blocking;
 use crate::pipeline::runlog::{PlanRecord, RunLog, Scope, ShardStart};
-use crate::sink::kafka::tx::{make_tx_producer, read_progress, send, TxProducer};
+use crate::sink::kafka::tx::{make_tx_producer, read_progress, TxProducer};
 
 /// A shard ready to copy.
 pub(super) struct Begun {
@@ -360,20 +358,5 @@ pub(super) async fn publish(
     key: &str,
     value: &impl Serialize,
 ) -> Result<()> {
-    let payload = serde_json::to_vec(value).map_err(|e| Error::Other(e.to_string()))?;
-    let (k, id, key, topic) = (
-        cfg.kafka.clone(),
-        txn_id.to_string(),
-        key.to_string(),
-        cfg.kafka.progress_topic.clone(),
-    );
-    let p = blocking(move || make_tx_producer(&k, &id)).await?;
-    p.begin_transaction()
-        .map_err(|e| Error::kafka("begin transaction", e))?;
-    send(&p, &topic, key.as_bytes(), &payload).await?;
-    blocking(move || {
-        p.commit_transaction(Timeout::After(std::time::Duration::from_secs(60)))
-            .map_err(|e| Error::kafka(format!("commit {key}"), e))
-    })
-    .await
+    crate::pipeline::runlog::publish(&cfg.kafka, txn_id, key, value).await
 }

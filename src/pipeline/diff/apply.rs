@@ -90,6 +90,8 @@ impl Applier {
             skip: at.1,
             version_floor_ms: self.floor_ms,
             clock_ms: self.clock.last(),
+            committed_ms: now_ms(),
+            lag_ms: self.last_lag_ms,
         }
     }
 
@@ -121,18 +123,27 @@ impl Applier {
         let mut batch = Batch::default();
         let mut applied = Vec::new();
         let mut dead = 0u64;
+        // Per table: (changes read, dead-lettered), for the metrics.
+        let mut per_table: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
         for t in &txs {
             for ch in &t.changes {
+                let counts = per_table.entry(ch.table).or_default();
+                counts.0 += 1;
                 match self.plan(ch, &mut batch).await? {
                     Ok(label) => applied.push((ch.table, label)),
                     Err(line) => {
                         dead += 1;
+                        counts.1 += 1;
                         batch.dead.push(line);
                     }
                 }
             }
         }
         let end = self.with_gtid(self.seen.clone()).await;
+        if let Some(last) = txs.last() {
+            // The marker records the batch's lag as of its sending.
+            self.last_lag_ms = now_ms().saturating_sub(u64::from(last.ts_s) * 1000);
+        }
         batch.marker = Some(self.marker(&end)?);
         let what = format!("the diff batch ending at {}", show(&end));
         let r = self.committer.commit(&what, &mut batch).await;
@@ -158,7 +169,23 @@ impl Applier {
             *self.applied.entry(k).or_default() += 1;
         }
         self.dead_count += dead;
+        self.record_metrics(&per_table);
         Ok(())
+    }
+
+    /// A committed batch in the Prometheus metrics: per table, changes read,
+    /// written (to both targets) and dead-lettered; the position and lag.
+    fn record_metrics(&self, per_table: &BTreeMap<usize, (u64, u64)>) {
+        use crate::metrics::{inc, set, DIFF_LAG, ROWS_DEAD, ROWS_READ, ROWS_WRITTEN};
+        for (&t, &(read, dead)) in per_table {
+            let table = self.schema[t].mapping.source.as_str();
+            inc(&ROWS_READ, &["diff", table], read);
+            for target in ["kafka", "hbase"] {
+                inc(&ROWS_WRITTEN, &["diff", table, target], read - dead);
+            }
+            inc(&ROWS_DEAD, &["diff", table], dead);
+        }
+        set(&DIFF_LAG, &[], self.last_lag_ms as f64 / 1000.0);
     }
 
     /// Maps one change into the batch's writes: its label, or its dead letter.
@@ -276,6 +303,13 @@ impl Applier {
 
     fn checkpoint(&mut self, end: (Position, u64)) -> Result<()> {
         write_json_atomic(&self.checkpoint_path, &self.checkpoint_at(&end))?;
+        if let Position::Binlog { file, offset, .. } = &end.0 {
+            use crate::metrics::{set, DIFF_FILE, DIFF_LAST_BATCH, DIFF_OFFSET};
+            let index = file.rsplit('.').next().and_then(|n| n.parse::<f64>().ok());
+            set(&DIFF_FILE, &[], index.unwrap_or(0.0));
+            set(&DIFF_OFFSET, &[], *offset as f64);
+            set(&DIFF_LAST_BATCH, &[], now_ms() as f64 / 1000.0);
+        }
         self.committed = end;
         self.last_commit = Instant::now();
         Ok(())

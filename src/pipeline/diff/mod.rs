@@ -61,6 +61,12 @@ pub struct Checkpoint {
     /// stamps above it.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub clock_ms: u64,
+    /// When the batch was written (Unix ms), and its lag then (source commit
+    /// of its last transaction → written): what `status` shows of the diff.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub committed_ms: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lag_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -225,7 +231,8 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
         Some(HbaseLane::new(&cfg.hbase, prepared.hbase)),
         dead_file,
         opts.retry,
-    );
+    )
+    .named("diff_batch");
     let checkpoint_path = state.diff_checkpoint(&opts.run_id);
     let mut a = apply::Applier {
         admission: Admission::new(rooms, cfg.kafka.message_max_bytes),
@@ -389,6 +396,7 @@ async fn follow_binlog(
                     policy.budget
                 )));
             }
+            super::commit::count_retry(&e);
             tracing::warn!(attempt, "{e}; reconnecting in {wait:?}");
             tokio::time::sleep(wait).await;
             match binlog::open_stream(&cfg, server_id, at).await {

@@ -202,6 +202,8 @@ mod tests {
             skip: 0,
             version_floor_ms: 77,
             clock_ms: 0,
+            committed_ms: 0,
+            lag_ms: 0,
         }
     }
 

@@ -201,6 +201,25 @@ pub fn security(cfg: &KafkaConfig) -> crate::tls::Security {
     }
 }
 
+/// Whether `topic` exists (a metadata request never creates it: consumers
+/// do not auto-create topics).
+pub fn topic_exists(cfg: &KafkaConfig, topic: &str) -> Result<bool> {
+    let consumer: BaseConsumer = base_config(cfg)
+        .create()
+        .map_err(|e| Error::config("kafka.brokers", e))?;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| Error::Unreachable {
+            what: "Kafka",
+            target: cfg.brokers.clone(),
+            message: e.to_string(),
+        })?;
+    Ok(md
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
+}
+
 /// Creates the topics that do not exist yet.
 pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = base_config(cfg)

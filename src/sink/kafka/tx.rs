@@ -58,6 +58,16 @@ pub fn read_progress(
     prefix: &str,
     committed: bool,
 ) -> Result<Vec<MarkerRecord>> {
+    read_progress_with(cfg, prefix, committed, &RetryPolicy::default())
+}
+
+/// [`read_progress`], with the retry policy of the broker's first answer.
+pub fn read_progress_with(
+    cfg: &KafkaConfig,
+    prefix: &str,
+    committed: bool,
+    policy: &RetryPolicy,
+) -> Result<Vec<MarkerRecord>> {
     let isolation = if committed {
         "read_committed"
     } else {
@@ -70,7 +80,7 @@ pub fn read_progress(
     // A broker restarting answers nothing for a while: retried like any
     // other read (see `pipeline::commit::retry_blocking`).
     let what = format!("watermarks of {topic}");
-    let (low, high) = retry_blocking(&RetryPolicy::default(), &what, || {
+    let (low, high) = retry_blocking(policy, &what, || {
         consumer
             .fetch_watermarks(topic, 0, Duration::from_secs(10))
             .map_err(|e| Error::kafka(what.clone(), e))
