@@ -652,4 +652,72 @@ hbase_table = "chat_message"
         assert!(!e.contains("topsecret"), "{e}");
         assert!(e.contains("source.url"), "{e}");
     }
+
+    #[test]
+    fn url_tls_parameters_win_and_leave_a_url_both_drivers_accept() {
+        let text = GOOD
+            .replace(
+                "password_env = \"CHAT_PW\"",
+                "password_env = \"CHAT_PW\"\nssl_mode = \"required\"",
+            )
+            .replace("legacy_chat\"", "legacy_chat?ssl-mode=verify_ca\"");
+        let c = parse(&text, &[]).unwrap();
+        assert_eq!(c.source.tls.mode, SslMode::VerifyCa);
+        assert_eq!(c.source.url, "mysql://falcon@127.0.0.1:3306/legacy_chat");
+        assert_eq!(c.database().as_deref(), Some("legacy_chat"));
+        let c = parse(&text.replace("?ssl-mode=verify_ca", ""), &[]).unwrap();
+        assert_eq!(c.source.tls.mode, SslMode::Required);
+        assert_eq!(
+            parse(GOOD, &[]).unwrap().source.tls.mode,
+            SslMode::Preferred
+        );
+    }
+
+    #[test]
+    fn bad_tls_settings_name_their_key() {
+        let cases = [
+            ("ssl_cert = \"c.pem\"", "ssl_key"),
+            ("ssl_ca = \"/nonexistent/ca.pem\"", "source.ssl_ca"),
+            ("ssl_mode = \"sometimes\"", "verify_identity` (line 5)"),
+        ];
+        for (line, key) in cases {
+            let text = GOOD.replace(
+                "password_env = \"CHAT_PW\"",
+                &format!("password_env = \"CHAT_PW\"\n{line}"),
+            );
+            let e = parse(&text, &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{line}: {e}");
+        }
+        let text = GOOD.replace("[hbase]", "[hbase]\nhttp = true\nframed = true");
+        let e = parse(&text, &[]).unwrap_err().to_string();
+        assert!(e.contains("hbase.framed"), "{e}");
+    }
+
+    #[test]
+    fn kafka_properties_are_checked_at_load_without_echoing_values() {
+        let text = GOOD.replace(
+            "[hbase]",
+            "[kafka.client]\nsecurity.protocl = \"SSL\"\n[hbase]",
+        );
+        let e = parse(&text, &[]).unwrap_err().to_string();
+        assert!(e.contains("kafka.client.security.protocl"), "{e}");
+        let text = GOOD.replace(
+            "[hbase]",
+            "[kafka.client]\nsasl.password = \"hunter2\"\n[hbase]",
+        );
+        let e = parse(&text, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("sasl.password.env") && e.contains("line 7"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        let text = GOOD.replace(
+            "[hbase]",
+            "[kafka.client]\nsasl.password.env = \"KPW\"\n[kafka.consumer]\nfetch.min.bytes = 1\n[hbase]",
+        );
+        let c = parse(&text, &[("KPW", "s3cret")]).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let props: Vec<_> = c.kafka.client.iter().collect();
+        assert_eq!(props, [("sasl.password", "s3cret")]);
+    }
 }

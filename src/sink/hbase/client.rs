@@ -183,6 +183,14 @@ impl HbaseClient {
                     true,
                 )),
             )
+        } else if cfg.http {
+            // The stream buffers the whole call itself and POSTs it on the
+            // protocol's flush; a buffered transport would also flush when its
+            // buffer fills, cutting a large call into two requests.
+            (
+                Box::new(TBinaryInputProtocol::new(read, true)),
+                Box::new(TBinaryOutputProtocol::new(stream, true)),
+            )
         } else {
             (
                 Box::new(TBinaryInputProtocol::new(

@@ -143,13 +143,24 @@ pub fn check(cfg: &KafkaConfig) -> Result<usize> {
         .map_err(|e| Error::config("kafka.brokers", e))?;
     let md = consumer
         .fetch_metadata(None, Duration::from_secs(10))
-        .map_err(|e| Error::Unreachable {
-            what: "Kafka",
-            target: cfg.brokers.clone(),
-            message: match consumer.context().cause() {
-                Some(cause) => format!("{e}: {cause}"),
-                None => e.to_string(),
-            },
+        .map_err(|e| {
+            // librdkafka's logs and errors wait on the client's queue: served
+            // by polling it, they reach the context.
+            for _ in 0..5 {
+                if consumer.poll(Duration::from_millis(50)).is_none()
+                    && consumer.context().cause().is_some()
+                {
+                    break;
+                }
+            }
+            Error::Unreachable {
+                what: "Kafka",
+                target: cfg.brokers.clone(),
+                message: match consumer.context().cause() {
+                    Some(cause) => format!("{e}: {cause}"),
+                    None => e.to_string(),
+                },
+            }
         })?;
     Ok(md.brokers().len())
 }
