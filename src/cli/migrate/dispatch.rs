@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use super::args::{
-    BaseArgs, Command, CommonArgs, DiffArgs, DiffMode, TargetArg, VerifyArgs, DEFAULT_OVERLAP_S,
+    BaseArgs, Command, CommonArgs, DiffArgs, DiffMode, HbaseLoadArg, TargetArg, VerifyArgs,
+    DEFAULT_OVERLAP_S,
 };
 use super::render::{self, CheckReport};
 use crate::config::Config;
 use crate::error::{exit, Error, Result};
-use crate::pipeline::base::{self, BaseOptions, BaseOutcome, Targets};
+use crate::pipeline::base::{self, BaseOptions, BaseOutcome, HbaseLoad, Targets};
 use crate::pipeline::commit::RetryPolicy;
 use crate::pipeline::diff::{self, DiffOptions};
 use crate::pipeline::watermark::{self, WatermarkOptions};
@@ -84,6 +85,25 @@ async fn base(args: BaseArgs) -> Result<i32> {
         tables: args.tables.clone(),
         progress_every: Duration::from_secs(args.progress_interval),
         retry: retry(args.retry_budget),
+        hbase_load: match args.hbase_load {
+            HbaseLoadArg::Put => HbaseLoad::Put,
+            HbaseLoadArg::Bulk => {
+                if args.target == TargetArg::Kafka {
+                    return Err(Error::Usage(
+                        "--hbase-load bulk needs HBase as a target (--target hbase or all)".into(),
+                    ));
+                }
+                let command: Vec<String> = args
+                    .bulk_load_command
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect();
+                if command.is_empty() {
+                    return Err(Error::Usage("--bulk-load-command is empty".into()));
+                }
+                HbaseLoad::Bulk { command }
+            }
+        },
     };
     match base::run(cfg, opts).await? {
         BaseOutcome::Planned(plan) => {
