@@ -1,9 +1,10 @@
 //! `--hbase-load bulk`: the end of a base run that staged its HBase cells
 //! (`pipeline::stage`) instead of putting them.
 //!
-//! When every chunk of the shard is committed, each HBase table goes through
-//! two steps, each recorded in the staging dir's `state/` once done, so a
-//! resumed run skips what is done and redoes what is not:
+//! When every chunk of the shard is committed, the HBase tables go through
+//! two steps (all tables' HFiles, then all tables' loads), each recorded per
+//! table in the staging dir's `state/` once done, so a resumed run skips
+//! what is done and redoes what is not:
 //!
 //! 1. **HFiles**: the runs of each region, from every committed chunk, are
 //!    merged (at most [`FAN_IN`] files open at once; more are merged in
@@ -72,6 +73,10 @@ pub struct BulkSummary {
     pub hfile_s: f64,
     /// Seconds spent in the bulk-load tool.
     pub load_s: f64,
+    /// This process's own CPU seconds and peak RSS for the whole run (the
+    /// bulk-load tool, a child process, excluded).
+    pub process_cpu_s: f64,
+    pub process_peak_rss_kib: u64,
     pub tables: Vec<TableLoad>,
 }
 
@@ -95,10 +100,11 @@ impl Finish<'_> {
 
     /// Writes the HFiles of every table and loads them (see the module comment).
     pub(super) fn run(&self) -> Result<BulkSummary> {
+        // Step 1, every table's HFiles; step 2, every table's load.
         let mut loads = Vec::new();
         let mut runs: Option<BTreeMap<String, BTreeMap<usize, Vec<PathBuf>>>> = None;
         for table in self.tables {
-            let mut load = match read_json::<TableLoad>(&self.state(table, "hfiles"))? {
+            let load = match read_json::<TableLoad>(&self.state(table, "hfiles"))? {
                 Some(l) => l,
                 None => {
                     if runs.is_none() {
@@ -111,14 +117,17 @@ impl Finish<'_> {
                     l
                 }
             };
-            match read_json::<TableLoad>(&self.state(table, "loaded"))? {
-                Some(l) => load = l,
+            loads.push(load);
+        }
+        for load in &mut loads {
+            let table = load.table.clone();
+            match read_json::<TableLoad>(&self.state(&table, "loaded"))? {
+                Some(l) => *load = l,
                 None => {
-                    load.load_s = self.load(table)?;
-                    write_json_atomic(&self.state(table, "loaded"), &load)?;
+                    load.load_s = self.load(&table)?;
+                    write_json_atomic(&self.state(&table, "loaded"), &*load)?;
                 }
             }
-            loads.push(load);
         }
         // Everything is in HBase: the runs are no longer needed.
         for d in ["runs", "tmp"] {
@@ -134,6 +143,8 @@ impl Finish<'_> {
             hfile_bytes: loads.iter().map(|l| l.hfile_bytes).sum(),
             hfile_s: loads.iter().map(|l| l.hfile_s).sum(),
             load_s: loads.iter().map(|l| l.load_s).sum(),
+            process_cpu_s: own_usage().0,
+            process_peak_rss_kib: own_usage().1,
             tables: loads,
         })
     }
@@ -348,6 +359,29 @@ fn reduce_fan_in(mut paths: Vec<PathBuf>, tmp: &Path, tag: &str) -> Result<Vec<P
         pass += 1;
     }
     Ok(paths)
+}
+
+/// This process's CPU seconds (user + system, from `/proc/self/stat`, in
+/// Linux's fixed 100 ticks a second) and peak RSS in KiB (`VmHWM`).
+fn own_usage() -> (f64, u64) {
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which ends with the last ')'.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let l = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            l.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0);
+    (cpu, rss)
 }
 
 fn list(dir: &Path) -> Result<Vec<PathBuf>> {
