@@ -125,7 +125,9 @@ fn assert_files_hold(job: &Job, expected: &Cells, log: &Path) -> usize {
     // Expected cells per (table, region), in HBase's order.
     let splits = keys::splits(job.config.hbase.salt_buckets);
     let family = &job.config.hbase.column_family;
-    let mut want: BTreeMap<(String, usize), Vec<(Vec<u8>, String, i64)>> = BTreeMap::new();
+    // (table, region) → (row, qualifier, timestamp) of each cell.
+    type Region = (String, usize);
+    let mut want: BTreeMap<Region, Vec<(Vec<u8>, String, i64)>> = BTreeMap::new();
     for (k, cells) in expected {
         let (table, hex) = k.split_once('/').unwrap();
         let row: Vec<u8> = (0..hex.len())

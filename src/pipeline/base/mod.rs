@@ -113,7 +113,7 @@ pub struct BaseSummary {
 }
 
 pub enum BaseOutcome {
-    Done(BaseSummary),
+    Done(Box<BaseSummary>),
     Planned(DryRun),
 }
 
@@ -443,7 +443,7 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
         )
         .await?;
     }
-    Ok(BaseOutcome::Done(summary))
+    Ok(BaseOutcome::Done(Box::new(summary)))
 }
 
 /// Runs the workers to the end, or until the first error or an interrupt

@@ -37,15 +37,13 @@ pub fn put(c: &Canonical, family: &[u8]) -> TPut {
     TPut::new(c.row_key.clone(), cols, ts, None, None, None)
 }
 
+/// A row to write: its key and its `(qualifier, value)` cells.
+pub type RowCells = (Vec<u8>, Vec<(&'static str, String)>);
+
 /// The two id-map rows of a message, each `(row key, [(qualifier, value)])`:
 /// legacy → new id and room; new → legacy. Every writer of the id map
 /// (puts, the encoded put path, the bulk load) builds on this.
-pub fn id_map_rows(
-    legacy: u64,
-    new_id: u64,
-    room_id: u64,
-    buckets: u16,
-) -> [(Vec<u8>, Vec<(&'static str, String)>); 2] {
+pub fn id_map_rows(legacy: u64, new_id: u64, room_id: u64, buckets: u16) -> [RowCells; 2] {
     [
         (
             keys::id_map_legacy(buckets, legacy),

@@ -262,7 +262,7 @@ impl<W: Write> HFileWriter<W> {
     fn write_block(
         &mut self,
         magic: &[u8; 8],
-        buf: &mut Vec<u8>,
+        buf: &mut [u8],
         prev: Option<u64>,
     ) -> io::Result<(u64, u32)> {
         let data_len = buf.len() - HEADER_SIZE;

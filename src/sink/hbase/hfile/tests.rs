@@ -78,7 +78,10 @@ fn block(file: &[u8], off: usize) -> Block<'_> {
     }
 }
 
-fn write(cells: &[(Vec<u8>, Vec<u8>, i64, Vec<u8>)]) -> (Vec<u8>, FileStats) {
+/// (row, qualifier, timestamp, value)
+type TestCell = (Vec<u8>, Vec<u8>, i64, Vec<u8>);
+
+fn write(cells: &[TestCell]) -> (Vec<u8>, FileStats) {
     let mut w = HFileWriter::new(Vec::new(), b"d");
     for (r, q, ts, v) in cells {
         w.append(r, q, *ts, v).unwrap();
@@ -90,7 +93,7 @@ fn write(cells: &[(Vec<u8>, Vec<u8>, i64, Vec<u8>)]) -> (Vec<u8>, FileStats) {
     .unwrap()
 }
 
-fn cells(n: u32) -> Vec<(Vec<u8>, Vec<u8>, i64, Vec<u8>)> {
+fn cells(n: u32) -> Vec<TestCell> {
     let mut v = Vec::new();
     for i in 0..n {
         let row = format!("row{i:08}").into_bytes();
