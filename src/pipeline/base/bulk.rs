@@ -13,7 +13,7 @@
 //!    renamed in; a table interrupted half-way is written again from its runs.
 //! 2. **Load**: HBase's bulk-load tool (`BulkLoadHFilesTool`, alias
 //!    `completebulkload`) is run on `hfiles/<table>` with the command given
-//!    by `--bulk-load-command`. It moves the files into the regions; a load
+//!    by `--bulk-load-command`, for all tables at once. It moves the files into the regions; a load
 //!    interrupted half-way is run again on the files still there. Cells keep
 //!    their source versions as timestamps, so loading a cell twice, or after
 //!    a newer write, changes nothing a reader sees.
@@ -71,7 +71,7 @@ pub struct BulkSummary {
     pub hfile_bytes: u64,
     /// Seconds spent writing HFiles (merging the runs included).
     pub hfile_s: f64,
-    /// Seconds spent in the bulk-load tool.
+    /// Seconds of the load step (the tables are loaded side by side).
     pub load_s: f64,
     /// This process's own CPU seconds and peak RSS for the whole run (the
     /// bulk-load tool, a child process, excluded).
@@ -119,16 +119,31 @@ impl Finish<'_> {
             };
             loads.push(load);
         }
-        for load in &mut loads {
-            let table = load.table.clone();
-            match read_json::<TableLoad>(&self.state(&table, "loaded"))? {
-                Some(l) => *load = l,
-                None => {
-                    load.load_s = self.load(&table)?;
-                    write_json_atomic(&self.state(&table, "loaded"), &*load)?;
-                }
-            }
-        }
+        let started = Instant::now();
+        // The tables load side by side: most of a load is the tool's start-up.
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = loads
+                .iter_mut()
+                .map(|load| {
+                    scope.spawn(move || -> Result<()> {
+                        let table = load.table.clone();
+                        match read_json::<TableLoad>(&self.state(&table, "loaded"))? {
+                            Some(l) => *load = l,
+                            None => {
+                                load.load_s = self.load(&table)?;
+                                write_json_atomic(&self.state(&table, "loaded"), &*load)?;
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join()
+                    .map_err(|_| Error::Other("bulk load thread panicked".into()))?
+            })
+        })?;
+        let load_s = started.elapsed().as_secs_f64();
         // Everything is in HBase: the runs are no longer needed.
         for d in ["runs", "tmp"] {
             let p = self.root.join(d);
@@ -142,7 +157,7 @@ impl Finish<'_> {
             cells: loads.iter().map(|l| l.cells).sum(),
             hfile_bytes: loads.iter().map(|l| l.hfile_bytes).sum(),
             hfile_s: loads.iter().map(|l| l.hfile_s).sum(),
-            load_s: loads.iter().map(|l| l.load_s).sum(),
+            load_s,
             process_cpu_s: own_usage().0,
             process_peak_rss_kib: own_usage().1,
             tables: loads,
@@ -267,7 +282,20 @@ impl Finish<'_> {
         let abs = std::fs::canonicalize(&dir).map_err(|e| cp_err(&dir, e))?;
         let started = Instant::now();
         tracing::info!(table, files = left, "bulk load: {}", self.command.join(" "));
-        let out = std::process::Command::new(prog)
+        let mut cmd = std::process::Command::new(prog);
+        // A loader outliving a killed migrator would race the resumed
+        // run's loader for the same files: it dies with its parent.
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd
             .args(args)
             .arg(format!("file://{}", abs.display()))
             .arg(table)
