@@ -13,10 +13,11 @@ use falcon_migrate::pipeline::stage::region_of;
 use support::{assert_converged, Job};
 
 /// A load command that first runs HBase's HFile tool over every HFile it is
-/// given (appending the report to `log`), then HBase's bulk-load tool.
+/// given (its report in a file of its own under the returned folder: tables
+/// load side by side), then HBase's bulk-load tool.
 fn checking_loader(job: &Job) -> (String, PathBuf) {
     let stack = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stack.sh");
-    let log = job.dir.join("hfile-tool.log");
+    let log = job.dir.join("hfile-tool");
     let script = job.dir.join("check-and-load.sh");
     std::fs::write(
         &script,
@@ -24,7 +25,8 @@ fn checking_loader(job: &Job) -> (String, PathBuf) {
             "#!/bin/sh\nset -e\ndir=\"${{1#file://}}\"\nfiles=\"\"\n\
              for f in \"$dir\"/*/*; do [ -f \"$f\" ] && files=\"$files file://$f\"; done\n\
              if [ -n \"$files\" ]; then\n  \
-             {stack} hbase-class org.apache.hadoop.hbase.io.hfile.HFile -v -m -k -f $files >>{log} 2>&1\nfi\n\
+             mkdir -p {log}\n  \
+             {stack} hbase-class org.apache.hadoop.hbase.io.hfile.HFile -v -m -k -f $files >{log}/$$.log 2>&1\nfi\n\
              exec {stack} hbase-class org.apache.hadoop.hbase.tool.BulkLoadHFilesTool \"$@\"\n",
             stack = stack.display(),
             log = log.display()
@@ -78,8 +80,11 @@ struct Report {
 
 /// The HFile tool's reports (file name → report); fails on any error or
 /// order warning it printed.
-fn tool_reports(log: &Path) -> BTreeMap<String, Vec<Report>> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
+fn tool_reports(logs: &Path) -> BTreeMap<String, Vec<Report>> {
+    let mut text = String::new();
+    for f in std::fs::read_dir(logs).unwrap() {
+        text.push_str(&std::fs::read_to_string(f.unwrap().path()).unwrap());
+    }
     for bad in ["ERROR", "Exception", "WARNING, previous row"] {
         assert!(
             !text.contains(bad),
