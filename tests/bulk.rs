@@ -258,3 +258,18 @@ async fn kill_9_while_writing_hfiles_and_while_loading_then_resume_converges() {
     let v = job.verify(&["--target", "all"]);
     assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_load_without_hbase_as_a_target_is_a_usage_error() {
+    let job = Job::new("bulkusage", 10, false).await;
+    let out = job.base(&["--hbase-load", "bulk", "--target", "kafka"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--hbase-load bulk needs HBase"),
+        "{}",
+        out.stderr
+    );
+    let empty = job.base(&["--hbase-load", "bulk", "--bulk-load-command", " "]);
+    assert_eq!(empty.code, 2, "{}", empty.stderr);
+    assert!(!job.state_dir.exists(), "nothing was started");
+}
