@@ -57,7 +57,11 @@ run_base() {
     --workers "$workers" --json "$@" >"$out/$name.json" 2>"$out/$name.log" || true
   set -- "$name"
   local rps cpu rss
-  rps=$(python3 -c "import json,sys; print(round(json.load(open('$out/$1.json'))['rows_per_s']))")
+  # A failed run prints 0 (its log says why) instead of ending the benchmark.
+  rps=$(python3 -c "
+import json
+try: print(round(json.load(open('$out/$1.json'))['rows_per_s']))
+except Exception: print(0)")
   read -r u s rss <"$out/$1.time"
   cpu=$(python3 -c "print(round($u + $s, 2))")
   echo "$rps $cpu $rss"
@@ -74,7 +78,9 @@ if want bulk; then
   # /usr/bin/time counts the bulk-load tool (a JVM child) too: the migrator's
   # own CPU and peak RSS come from its summary.
   read -r hfiles hfile_cells hfile_mib hfile_s load_s bulk_cpu bulk_rss < <(python3 -c "
-import json; b = json.load(open('$out/${tag}bulk.json'))['bulk']
+import json
+try: b = json.load(open('$out/${tag}bulk.json'))['bulk']
+except Exception: b = dict(hfiles=0, cells=0, hfile_bytes=0, hfile_s=0, load_s=0, process_cpu_s=0, process_peak_rss_kib=0)
 print(b['hfiles'], b['cells'], round(b['hfile_bytes'] / 2**20, 1), round(b['hfile_s'], 2), round(b['load_s'], 1),
       round(b['process_cpu_s'], 2), b['process_peak_rss_kib'])")
   # The tables of the bulk run, dropped after (an idle table slows a standalone HBase).
