@@ -134,7 +134,7 @@ kafka      $(printf '%8s %7s %14s %8s %14s' "$kafka_rps" "$kafka_cpu" "$(per_m "
 hbase      $(printf '%8s %7s %14s %8s %14s' "$hbase_rps" "$hbase_cpu" "$(per_m "$hbase_cpu")" "$(us_row "$hbase_cpu")" "$((hbase_rss / 1024))")
 all, bulk  $(printf '%8s %7s %14s %8s %14s' "$bulk_rps" "$bulk_cpu" "$(per_m "$bulk_cpu")" "$(us_row "$bulk_cpu")" "$((bulk_rss / 1024))")
 $(if want bulk; then
-  echo "bulk load (both targets, end to end): $(ratio "$bulk_rps" "$kafka_rps")x of Kafka-only; HFiles: $hfiles files, $hfile_cells cells, $hfile_mib MiB written in ${hfile_s}s ($(python3 -c "print(round($hfile_cells / max($hfile_s, 1e-3)))") cells/s, $(python3 -c "print(round($hfile_mib / max($hfile_s, 1e-3), 1))") MiB/s); load step ${load_s}s (BulkLoadHFilesTool, one JVM per table)"
+  echo "bulk load (both targets, end to end): $(ratio "$bulk_rps" "$kafka_rps")x of Kafka-only; HFiles: $hfiles files, $hfile_cells cells, $hfile_mib MiB written in ${hfile_s}s ($(python3 -c "print(round($hfile_cells / max($hfile_s, 1e-3)))") cells/s, $(python3 -c "print(round($hfile_mib / max($hfile_s, 1e-3), 1))") MiB/s); load step ${load_s}s (BulkLoadHFilesTool, one JVM per table, tables side by side)"
 fi)
 == each link's own ceiling, same machine, same run
 source (mariadb --quick full scan)        $src_rps rows/s
