@@ -2,7 +2,9 @@
 # Benchmark of `falcon-migrate base` on the local stack, with each link's own
 # ceiling measured in the same run. Prints numbers; asserts nothing.
 #   scripts/bench-base.sh [MESSAGES]     (default 1000000)
-# Env: BENCH_WORKERS (default 4), BENCH_SKIP_GENERATE=1 to reuse the dataset.
+# Env: BENCH_WORKERS (default 4), BENCH_SKIP_GENERATE=1 to reuse the dataset,
+#      BENCH_RUNS (default "all kafka hbase bulk": which base runs; `bulk` is both
+#      targets with `--hbase-load bulk`, HFiles loaded by HBase's bulk-load tool).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 messages="${1:-1000000}"
@@ -43,24 +45,51 @@ config() { # config NAME -> path of a config with its own topics and tables
   echo "$f"
 }
 
-# run_base NAME TARGET -> "rows_per_s cpu_s peak_rss_kb"
+runs="${BENCH_RUNS:-all kafka hbase bulk}"
+want() { [[ " $runs " == *" $1 "* ]]; }
+export FALCON_BULK_LOAD_COMMAND="scripts/stack.sh hbase-class org.apache.hadoop.hbase.tool.BulkLoadHFilesTool"
+
+# run_base NAME TARGET [ARGS...] -> "rows_per_s cpu_s peak_rss_kb"
 run_base() {
-  local cfg
-  cfg=$(config "$1")
-  /usr/bin/time -f "%U %S %M" -o "$out/$1.time" \
-    target/release/falcon-migrate base -c "$cfg" --state-dir "$out/state-$1" --target "$2" \
-    --workers "$workers" --json >"$out/$1.json" 2>"$out/$1.log" || true
+  local cfg name=$1 target=$2
+  shift 2
+  cfg=$(config "$name")
+  /usr/bin/time -f "%U %S %M" -o "$out/$name.time" \
+    target/release/falcon-migrate base -c "$cfg" --state-dir "$out/state-$name" --target "$target" \
+    --workers "$workers" --json "$@" >"$out/$name.json" 2>"$out/$name.log" || true
+  set -- "$name"
   local rps cpu rss
-  rps=$(python3 -c "import json,sys; print(round(json.load(open('$out/$1.json'))['rows_per_s']))")
+  # A failed run prints 0 (its log says why) instead of ending the benchmark.
+  rps=$(python3 -c "
+import json
+try: print(round(json.load(open('$out/$1.json'))['rows_per_s']))
+except Exception: print(0)")
   read -r u s rss <"$out/$1.time"
   cpu=$(python3 -c "print(round($u + $s, 2))")
   echo "$rps $cpu $rss"
 }
 
 echo "dataset: $msgs messages, $rows rows in all (database $db)"
-read -r both_rps both_cpu both_rss < <(run_base "${tag}all" all)
-read -r kafka_rps kafka_cpu kafka_rss < <(run_base "${tag}kafka" kafka)
-read -r hbase_rps hbase_cpu hbase_rss < <(run_base "${tag}hbase" hbase)
+both_rps=0 both_cpu=0 both_rss=0 kafka_rps=0 kafka_cpu=0 kafka_rss=0 hbase_rps=0 hbase_cpu=0 hbase_rss=0
+bulk_rps=0 bulk_cpu=0 bulk_rss=0
+if want all; then read -r both_rps both_cpu both_rss < <(run_base "${tag}all" all); fi
+if want kafka; then read -r kafka_rps kafka_cpu kafka_rss < <(run_base "${tag}kafka" kafka); fi
+if want hbase; then read -r hbase_rps hbase_cpu hbase_rss < <(run_base "${tag}hbase" hbase); fi
+if want bulk; then
+  read -r bulk_rps bulk_cpu bulk_rss < <(run_base "${tag}bulk" all --hbase-load bulk)
+  # /usr/bin/time counts the bulk-load tool (a JVM child) too: the migrator's
+  # own CPU and peak RSS come from its summary.
+  read -r hfiles hfile_cells hfile_mib hfile_s load_s bulk_cpu bulk_rss < <(python3 -c "
+import json
+try: b = json.load(open('$out/${tag}bulk.json'))['bulk']
+except Exception: b = dict(hfiles=0, cells=0, hfile_bytes=0, hfile_s=0, load_s=0, process_cpu_s=0, process_peak_rss_kib=0)
+print(b['hfiles'], b['cells'], round(b['hfile_bytes'] / 2**20, 1), round(b['hfile_s'], 2), round(b['load_s'], 1),
+      round(b['process_cpu_s'], 2), b['process_peak_rss_kib'])")
+  # The tables of the bulk run, dropped after (an idle table slows a standalone HBase).
+  for t in account room room_member message id_map; do
+    printf "disable 'bench_%sbulk_%s'\ndrop 'bench_%sbulk_%s'\n" "$tag" "$t" "$tag" "$t"
+  done | bash scripts/stack.sh hbase-shell >/dev/null 2>&1 || true
+fi
 
 # Average event size, from the events the Kafka-only run wrote.
 evsize=$( (kcat -C -b 127.0.0.1:9092 -t "bench.${tag}kafka.message" -o beginning -c 2000 -e -q -f '%S\n' 2>/dev/null || true) |
@@ -105,6 +134,10 @@ target       rows/s   cpu s   cpu s/M rows   µs/row   peak RSS MiB
 all        $(printf '%8s %7s %14s %8s %14s' "$both_rps" "$both_cpu" "$(per_m "$both_cpu")" "$(us_row "$both_cpu")" "$((both_rss / 1024))")
 kafka      $(printf '%8s %7s %14s %8s %14s' "$kafka_rps" "$kafka_cpu" "$(per_m "$kafka_cpu")" "$(us_row "$kafka_cpu")" "$((kafka_rss / 1024))")
 hbase      $(printf '%8s %7s %14s %8s %14s' "$hbase_rps" "$hbase_cpu" "$(per_m "$hbase_cpu")" "$(us_row "$hbase_cpu")" "$((hbase_rss / 1024))")
+all, bulk  $(printf '%8s %7s %14s %8s %14s' "$bulk_rps" "$bulk_cpu" "$(per_m "$bulk_cpu")" "$(us_row "$bulk_cpu")" "$((bulk_rss / 1024))")
+$(if want bulk; then
+  echo "bulk load (both targets, end to end): $(ratio "$bulk_rps" "$kafka_rps")x of Kafka-only; HFiles: $hfiles files, $hfile_cells cells, $hfile_mib MiB written in ${hfile_s}s ($(python3 -c "print(round($hfile_cells / max($hfile_s, 1e-3)))") cells/s, $(python3 -c "print(round($hfile_mib / max($hfile_s, 1e-3), 1))") MiB/s); load step ${load_s}s (BulkLoadHFilesTool, one JVM per table, tables side by side)"
+fi)
 == each link's own ceiling, same machine, same run
 source (mariadb --quick full scan)        $src_rps rows/s
 kafka  (ProducerPerformance, ${evsize} B)   ${kafka_ceiling:-?} records/s   base kafka-only: $(ratio "$kafka_rps" "${kafka_ceiling:-0}")x

@@ -43,7 +43,7 @@ pub fn private_file(p: &Path, append: bool) -> Result<File> {
 }
 
 /// Makes a rename (or a new file) in `dir` durable.
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| cp_err(dir, e))

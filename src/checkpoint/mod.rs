@@ -187,6 +187,10 @@ impl RunDir {
     pub fn dead_path(&self) -> PathBuf {
         self.dir.join(format!("{}.dead.jsonl", self.stem))
     }
+    /// The staging dir of a bulk load (`--hbase-load bulk`).
+    pub fn bulk_dir(&self) -> PathBuf {
+        self.dir.join(format!("{}.bulk", self.stem))
+    }
 
     pub fn exists(&self) -> bool {
         self.record_path().exists()

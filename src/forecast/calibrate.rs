@@ -57,6 +57,7 @@ pub async fn calibrate(
         progress_every: Duration::from_secs(10),
         retry: RetryPolicy::default(),
         stop_after_rows: Some(rows),
+        hbase_load: base::HbaseLoad::Put,
     };
     tracing::info!(
         rows,
@@ -82,7 +83,7 @@ pub async fn calibrate(
                 summary.rows_read, summary.copy_s
             ),
         },
-        summary,
+        summary: *summary,
     })
 }
 

@@ -4,8 +4,9 @@
 //!
 //! 1. a Kafka transaction is begun (when Kafka is a target);
 //! 2. the work sends its events into it and hands its HBase writes to the
-//!    [`HbaseLane`] (one batch in flight while the next is prepared);
-//! 3. every HBase write is acknowledged;
+//!    [`HbaseLane`] (one batch in flight while the next is prepared), or,
+//!    for a bulk load, its cells to the [`Stager`] (sorted runs on disk);
+//! 3. every HBase write is acknowledged (the staged runs are durable);
 //! 4. the unit's dead letters are appended and fsynced;
 //! 5. the progress marker is sent inside the same transaction, which commits.
 //!
@@ -28,6 +29,7 @@ use rdkafka::util::Timeout;
 pub use super::lane::{HbaseJob, HbaseLane};
 pub use super::retry::RetryPolicy;
 pub(crate) use super::retry::{blocking, count_retry, next_step, retry_blocking, Next};
+pub use super::stage::Stager;
 use crate::checkpoint::JsonlAppender;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result, Retry};
@@ -45,6 +47,7 @@ pub struct Marker {
 pub struct Unit<'a> {
     producer: Option<&'a TxProducer>,
     lane: Option<&'a mut HbaseLane>,
+    stage: Option<&'a mut Stager>,
     dead: Vec<Vec<u8>>,
 }
 
@@ -54,7 +57,12 @@ impl Unit<'_> {
     }
 
     pub fn to_hbase(&self) -> bool {
-        self.lane.is_some()
+        self.lane.is_some() || self.stage.is_some()
+    }
+
+    /// The stager, when HBase's cells are staged for a bulk load.
+    pub fn stager(&mut self) -> Option<&mut Stager> {
+        self.stage.as_deref_mut()
     }
 
     /// Sends an event into the unit's transaction (no-op without Kafka).
@@ -117,6 +125,7 @@ struct KafkaSide {
 pub struct Committer {
     kafka: Option<KafkaSide>,
     lane: Option<HbaseLane>,
+    stage: Option<Stager>,
     dead: Arc<Mutex<JsonlAppender>>,
     policy: RetryPolicy,
     /// The marker of a commit whose outcome is unknown.
@@ -143,6 +152,7 @@ impl Committer {
                 producer: p.map(Arc::new),
             }),
             lane,
+            stage: None,
             dead,
             policy,
             unresolved: None,
@@ -154,6 +164,12 @@ impl Committer {
     /// Names the units in the metrics (`falcon_unit_duration_seconds{unit}`).
     pub fn named(mut self, unit: &'static str) -> Committer {
         self.unit = unit;
+        self
+    }
+
+    /// HBase's cells go to `stage` (a bulk load) rather than to a lane.
+    pub fn with_stage(mut self, stage: Stager) -> Committer {
+        self.stage = Some(stage);
         self
     }
 
@@ -227,6 +243,9 @@ impl Committer {
         if let Some(l) = self.lane.as_mut() {
             l.reset().await;
         }
+        if let Some(s) = self.stage.as_mut() {
+            s.reset();
+        }
         let Some(k) = self.kafka.as_mut() else {
             return;
         };
@@ -286,6 +305,7 @@ impl Committer {
         let mut unit = Unit {
             producer: producer.as_deref(),
             lane: self.lane.as_mut(),
+            stage: self.stage.as_mut(),
             dead: Vec::new(),
         };
         let marker = work.write(&mut unit).await?;
@@ -293,6 +313,9 @@ impl Committer {
         drop(unit);
         if let Some(l) = self.lane.as_mut() {
             l.wait().await?;
+        }
+        if let Some(s) = self.stage.as_mut() {
+            tokio::task::block_in_place(|| s.seal())?;
         }
         if !dead.is_empty() {
             let mut f = self

@@ -10,6 +10,7 @@ pub mod diff;
 pub mod lane;
 pub mod retry;
 pub mod runlog;
+pub mod stage;
 pub mod watermark;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -162,6 +162,22 @@ pub struct BaseArgs {
     /// Seconds a unit of work (a chunk, a batch) is retried, with backoff, while a server is down or restarting; then the phase stops (exit 4) keeping everything acknowledged.
     #[arg(long, default_value_t = 300, value_parser = whole_number(1u64, None))]
     pub retry_budget: u64,
+    /// How HBase's cells get there: `put` (through the Thrift gateway, with each chunk) or `bulk` (sorted runs in the state dir with each chunk, then HFiles loaded by HBase's bulk-load tool at the end). A run keeps the mode it began with.
+    #[arg(long, value_enum, default_value = "put")]
+    pub hbase_load: HbaseLoadArg,
+    /// With `--hbase-load bulk`: the command that loads a table's HFiles, run with two more arguments, the HFiles' folder (a file:// URL) and the table.
+    #[arg(
+        long,
+        env = "FALCON_BULK_LOAD_COMMAND",
+        default_value = "hbase completebulkload"
+    )]
+    pub bulk_load_command: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HbaseLoadArg {
+    Put,
+    Bulk,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 use super::args::{
-    BaseArgs, Command, CommonArgs, DiffArgs, DiffMode, PlanArgs, StatusArgs, TargetArg, VerifyArgs,
-    DEFAULT_OVERLAP_S,
+    BaseArgs, Command, CommonArgs, DiffArgs, DiffMode, HbaseLoadArg, PlanArgs, StatusArgs,
+    TargetArg, VerifyArgs, DEFAULT_OVERLAP_S,
 };
 use super::observe::{report_line, Observer};
 use super::render::{self, CheckReport};
 use crate::config::Config;
 use crate::error::{exit, Error, Result};
-use crate::pipeline::base::{self, BaseOptions, BaseOutcome, Targets};
+use crate::pipeline::base::{self, BaseOptions, BaseOutcome, HbaseLoad, Targets};
 use crate::pipeline::commit::RetryPolicy;
 use crate::pipeline::diff::{self, DiffOptions};
 use crate::pipeline::watermark::{self, WatermarkOptions};
@@ -140,6 +140,25 @@ async fn base(args: BaseArgs) -> Result<i32> {
         progress_every: Duration::from_secs(args.progress_interval),
         retry: retry(args.retry_budget),
         stop_after_rows: None,
+        hbase_load: match args.hbase_load {
+            HbaseLoadArg::Put => HbaseLoad::Put,
+            HbaseLoadArg::Bulk => {
+                if args.target == TargetArg::Kafka {
+                    return Err(Error::Usage(
+                        "--hbase-load bulk needs HBase as a target (--target hbase or all)".into(),
+                    ));
+                }
+                let command: Vec<String> = args
+                    .bulk_load_command
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect();
+                if command.is_empty() {
+                    return Err(Error::Usage("--bulk-load-command is empty".into()));
+                }
+                HbaseLoad::Bulk { command }
+            }
+        },
     };
     if args.dry_run {
         let BaseOutcome::Planned(plan) = base::run(cfg, opts).await? else {

@@ -110,6 +110,18 @@ pub(super) fn base(s: &BaseSummary) -> String {
             t.chunks
         );
     }
+    if let Some(b) = &s.bulk {
+        let _ = writeln!(
+            w,
+            "  bulk load: {} cells in {} HFiles ({:.1} MiB) written in {:.1}s, loaded in {:.1}s; staging {}",
+            b.cells,
+            b.hfiles,
+            b.hfile_bytes as f64 / (1 << 20) as f64,
+            b.hfile_s,
+            b.load_s,
+            b.staging_dir
+        );
+    }
     if s.dead_lettered > 0 {
         let _ = writeln!(
             w,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures_util::TryStreamExt;
 
 use super::plan::Chunk;
-use super::Shared;
+use super::{bulk, Shared};
 use crate::checkpoint::{ChunkDone, DeadLetter};
 use crate::error::{Error, Result};
 use crate::mapping::{Admission, SrcVal};
@@ -131,6 +131,9 @@ impl Work for ChunkWork<'_> {
             dead: 0,
         };
         let mut ev = Vec::with_capacity(1024);
+        if let Some(s) = unit.stager() {
+            s.begin(&bulk::unit_name(name, chunk.k))?;
+        }
         // Keyset batches: `after` is the last key read (the full primary key).
         let mut after: Option<Vec<SrcVal>> = None;
         loop {
@@ -169,7 +172,19 @@ impl Work for ChunkWork<'_> {
                             unit.send(&t.mapping.topic, key.as_bytes(), &ev).await?;
                             done.kafka += 1;
                         }
-                        if unit.to_hbase() {
+                        if let Some(s) = unit.stager() {
+                            s.push_canonical(&t.mapping.hbase_table, &c, family)?;
+                            if let Some(pair) = c.id_pair {
+                                s.push_id_map(
+                                    &sh.cfg.hbase.id_map_table,
+                                    pair,
+                                    sh.ctx.salt_buckets,
+                                    c.version_ms,
+                                    family,
+                                )?;
+                            }
+                            done.hbase += 1;
+                        } else if unit.to_hbase() {
                             main.push_canonical(&c, family);
                             if let Some((legacy, new_id, room)) = c.id_pair {
                                 ids.push_id_map(

@@ -4,7 +4,9 @@
 //! - [`start`]: the run's record — a new run publishes its plan and start
 //!   position to Kafka; a resumed one (or one whose state dir was lost) reads
 //!   them back, with the chunks already committed;
-//! - [`copy`]: workers copy chunks through the shared committer.
+//! - [`copy`]: workers copy chunks through the shared committer;
+//! - [`bulk`]: with `--hbase-load bulk`, HBase's cells are staged as sorted
+//!   runs with each chunk and loaded as HFiles once every chunk is committed.
 //!
 //! The start position is a consistent snapshot's binlog position, taken
 //! before anything is read. A chunk is committed everywhere (its marker in
@@ -12,6 +14,7 @@
 //! invisible to `read_committed` consumers; the local done list is appended
 //! only after that.
 
+pub mod bulk;
 pub mod copy;
 pub mod plan;
 pub mod start;
@@ -43,6 +46,16 @@ pub struct Targets {
     pub hbase: bool,
 }
 
+/// How HBase's cells get there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HbaseLoad {
+    /// Puts through the Thrift gateway, with each chunk.
+    Put,
+    /// Sorted runs with each chunk, HFiles and HBase's bulk-load tool
+    /// (`command`, given the HFiles' folder URL and the table) at the end.
+    Bulk { command: Vec<String> },
+}
+
 #[derive(Debug, Clone)]
 pub struct BaseOptions {
     pub state_dir: PathBuf,
@@ -61,6 +74,7 @@ pub struct BaseOptions {
     /// Take no new chunk once this many rows were read (`plan --calibrate`:
     /// a measured sample of the copy, not the whole of it).
     pub stop_after_rows: Option<u64>,
+    pub hbase_load: HbaseLoad,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -99,10 +113,13 @@ pub struct BaseSummary {
     pub hbase_tables: Vec<String>,
     pub dead_letter_file: String,
     pub checkpoint_file: String,
+    /// With `--hbase-load bulk`: the HFiles written and loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bulk: Option<bulk::BulkSummary>,
 }
 
 pub enum BaseOutcome {
-    Done(BaseSummary),
+    Done(Box<BaseSummary>),
     Planned(DryRun),
 }
 
@@ -399,6 +416,8 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
         .max_threads_running
         .map(|limit| tokio::spawn(copy::watch_threads_running(shared.clone(), limit)));
     let copy_started = Instant::now();
+    let bulk_load = matches!(opts.hbase_load, HbaseLoad::Bulk { .. });
+    let splits = crate::mapping::keys::splits(cfg.hbase.salt_buckets);
     let mut handles = Vec::new();
     let mut producers = begun.producers.into_iter();
     for w in 0..opts.workers {
@@ -409,8 +428,12 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
                 producers.next(),
             )
         });
-        let lane = opts.targets.hbase.then(|| HbaseLane::new(&cfg.hbase, None));
-        let committer = Committer::new(kafka, lane, dead.clone(), opts.retry).named("base_chunk");
+        let lane = (opts.targets.hbase && !bulk_load).then(|| HbaseLane::new(&cfg.hbase, None));
+        let mut committer =
+            Committer::new(kafka, lane, dead.clone(), opts.retry).named("base_chunk");
+        if opts.targets.hbase && bulk_load {
+            committer = committer.with_stage(bulk::stager(&run_dir.bulk_dir(), splits.clone()));
+        }
         handles.push(tokio::spawn(copy::worker(shared.clone(), committer)));
     }
     let err = supervise(&shared, handles, &progress, opts.progress_every).await;
@@ -421,7 +444,7 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
         return Err(e);
     }
 
-    let summary = summarize(
+    let mut summary = summarize(
         &shared,
         &run_dir,
         &nonempty,
@@ -430,6 +453,34 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
         begun.resumed,
     )?;
     let all_done = summary.tables.iter().all(|t| t.chunks_done >= t.chunks);
+    if let (HbaseLoad::Bulk { command }, true, true) =
+        (&opts.hbase_load, all_done, opts.targets.hbase)
+    {
+        let root = run_dir.bulk_dir();
+        let done = run_dir.load_done()?;
+        let (family, tables, command) = (
+            cfg.hbase.column_family.clone(),
+            begun.prepared.0.clone(),
+            command.clone(),
+        );
+        let b = tokio::task::spawn_blocking(move || {
+            bulk::Finish {
+                root: &root,
+                family: &family,
+                tables: &tables,
+                done: &done,
+                command: &command,
+            }
+            .run()
+        })
+        .await
+        .map_err(|e| Error::Other(format!("bulk load: {e}")))??;
+        // The rate counts the whole run, the load included.
+        let copied = summary.rows_per_s * summary.elapsed_s;
+        summary.elapsed_s = started.elapsed().as_secs_f64();
+        summary.rows_per_s = copied / summary.elapsed_s.max(1e-9);
+        summary.bulk = Some(b);
+    }
     if opts.targets.kafka && all_done {
         let rec = ShardDone {
             shard: record.shard,
@@ -445,7 +496,7 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
         )
         .await?;
     }
-    Ok(BaseOutcome::Done(summary))
+    Ok(BaseOutcome::Done(Box::new(summary)))
 }
 
 /// Runs the workers to the end, or until the first error or an interrupt
@@ -565,6 +616,7 @@ fn summarize(
         hbase_tables: prepared.0.clone(),
         dead_letter_file: run_dir.dead_path().display().to_string(),
         checkpoint_file: run_dir.done_path().display().to_string(),
+        bulk: None,
     })
 }
 

@@ -31,20 +31,37 @@ pub fn put_cells(row_key: &[u8], family: &[u8], cells: &[(&str, &[u8])], ts: Opt
 /// The put of a canonical row's non-null cells, stamped with its version.
 pub fn put(c: &Canonical, family: &[u8]) -> TPut {
     let ts = Some(c.version_ms as i64);
-    let cols = c
-        .cells
-        .iter()
-        .filter_map(|cv| {
-            let v = cv.value.as_ref()?;
-            Some(cell(family, cv.name.as_bytes(), v.as_bytes().to_vec(), ts))
-        })
+    let cols = canonical_cells(c)
+        .map(|(q, v)| cell(family, q, v.to_vec(), ts))
         .collect();
     TPut::new(c.row_key.clone(), cols, ts, None, None, None)
 }
 
-/// The two id-map rows of a message (legacy → new and room; new → legacy),
-/// stamped like the message row (`version_ms`): a message moved to another
-/// room or re-timed gets a new id-map state that wins over the old one.
+/// A row to write: its key and its `(qualifier, value)` cells.
+pub type RowCells = (Vec<u8>, Vec<(&'static str, String)>);
+
+/// The two id-map rows of a message, each `(row key, [(qualifier, value)])`:
+/// legacy → new id and room; new → legacy. Every writer of the id map
+/// (puts, the encoded put path, the bulk load) builds on this.
+pub fn id_map_rows(legacy: u64, new_id: u64, room_id: u64, buckets: u16) -> [RowCells; 2] {
+    [
+        (
+            keys::id_map_legacy(buckets, legacy),
+            vec![
+                ("new_id", new_id.to_string()),
+                ("room_id", room_id.to_string()),
+            ],
+        ),
+        (
+            keys::id_map_new(buckets, new_id),
+            vec![("legacy_id", legacy.to_string())],
+        ),
+    ]
+}
+
+/// The two id-map rows of a message as puts ([`id_map_rows`]), stamped like
+/// the message row (`version_ms`): a message moved to another room or
+/// re-timed gets a new id-map state that wins over the old one.
 pub fn id_map_puts(
     legacy: u64,
     new_id: u64,
@@ -54,21 +71,18 @@ pub fn id_map_puts(
     family: &[u8],
 ) -> [TPut; 2] {
     let ts = Some(version_ms as i64);
-    let (legacy_s, new_s, room_s) = (legacy.to_string(), new_id.to_string(), room_id.to_string());
-    [
-        put_cells(
-            &keys::id_map_legacy(buckets, legacy),
-            family,
-            &[("new_id", new_s.as_bytes()), ("room_id", room_s.as_bytes())],
-            ts,
-        ),
-        put_cells(
-            &keys::id_map_new(buckets, new_id),
-            family,
-            &[("legacy_id", legacy_s.as_bytes())],
-            ts,
-        ),
-    ]
+    id_map_rows(legacy, new_id, room_id, buckets).map(|(row, cells)| {
+        let cells: Vec<(&str, &[u8])> = cells.iter().map(|(q, v)| (*q, v.as_bytes())).collect();
+        put_cells(&row, family, &cells, ts)
+    })
+}
+
+/// The cells of a canonical row: `(qualifier, value)` of each non-NULL value,
+/// all stamped with the row's source version.
+pub fn canonical_cells(c: &Canonical) -> impl Iterator<Item = (&[u8], &[u8])> {
+    c.cells
+        .iter()
+        .filter_map(|cv| Some((cv.name.as_bytes(), cv.value.as_ref()?.as_bytes())))
 }
 
 /// Deletes every version of every cell of the row up to `ts` ([`LATEST`]: all).

@@ -7,6 +7,8 @@
 
 pub mod cells;
 pub mod client;
+pub mod hfile;
+pub mod runs;
 #[allow(clippy::all, clippy::pedantic, dead_code, unused_imports, unused_variables, unused_mut)]
 #[rustfmt::skip]
 pub(crate) mod thrift2;

@@ -11,7 +11,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use super::stream::GatewayStream;
 
 use crate::error::{Error, Result};
-use crate::mapping::{keys, Canonical};
+use crate::mapping::Canonical;
 
 const T_STOP: u8 = 0;
 const T_BOOL: u8 = 2;
@@ -93,17 +93,15 @@ impl PutBuf {
     /// with the row's source version (as `cells::put` builds it).
     pub fn push_canonical(&mut self, c: &Canonical, family: &[u8]) {
         let ts = c.version_ms as i64;
-        let n = c.cells.iter().filter(|x| x.value.is_some()).count() as u32;
+        let n = super::cells::canonical_cells(c).count() as u32;
         self.begin_put(&c.row_key, n);
-        for cell in &c.cells {
-            if let Some(v) = &cell.value {
-                self.cell(family, cell.name.as_bytes(), v.as_bytes(), ts);
-            }
+        for (q, v) in super::cells::canonical_cells(c) {
+            self.cell(family, q, v, ts);
         }
         self.end_put(ts);
     }
 
-    /// The two id-map rows of a message (as `cells::id_map_puts` builds them).
+    /// The two id-map rows of a message (`cells::id_map_rows`).
     pub fn push_id_map(
         &mut self,
         legacy: u64,
@@ -114,13 +112,13 @@ impl PutBuf {
         family: &[u8],
     ) {
         let ts = version_ms as i64;
-        self.begin_put(&keys::id_map_legacy(buckets, legacy), 2);
-        self.cell(family, b"new_id", new_id.to_string().as_bytes(), ts);
-        self.cell(family, b"room_id", room_id.to_string().as_bytes(), ts);
-        self.end_put(ts);
-        self.begin_put(&keys::id_map_new(buckets, new_id), 1);
-        self.cell(family, b"legacy_id", legacy.to_string().as_bytes(), ts);
-        self.end_put(ts);
+        for (row, cells) in super::cells::id_map_rows(legacy, new_id, room_id, buckets) {
+            self.begin_put(&row, cells.len() as u32);
+            for (q, v) in &cells {
+                self.cell(family, q.as_bytes(), v.as_bytes(), ts);
+            }
+            self.end_put(ts);
+        }
     }
 }
 

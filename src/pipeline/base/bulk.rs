@@ -1,0 +1,455 @@
+//! `--hbase-load bulk`: the end of a base run that staged its HBase cells
+//! (`pipeline::stage`) instead of putting them.
+//!
+//! When every chunk of the shard is committed, the HBase tables go through
+//! two steps (all tables' HFiles, then all tables' loads), each recorded per
+//! table in the staging dir's `state/` once done, so a resumed run skips
+//! what is done and redoes what is not:
+//!
+//! 1. **HFiles**: the runs of each region, from every committed chunk, are
+//!    merged (at most [`FAN_IN`] files open at once; more are merged in
+//!    passes) into HFiles (`sink::hbase::hfile`) under
+//!    `hfiles/<table>/<family>/`. Files are written beside, synced, then
+//!    renamed in; a table interrupted half-way is written again from its runs.
+//! 2. **Load**: HBase's bulk-load tool (`BulkLoadHFilesTool`, alias
+//!    `completebulkload`) is run on `hfiles/<table>` with the command given
+//!    by `--bulk-load-command`, for all tables at once. It moves the files into the regions; a load
+//!    interrupted half-way is run again on the files still there. Cells keep
+//!    their source versions as timestamps, so loading a cell twice, or after
+//!    a newer write, changes nothing a reader sees.
+//!
+//! Only the runs of chunks in the done list are read; a committed chunk
+//! whose runs are missing (a state dir lost with its pod) stops the run:
+//! its HBase cells exist nowhere else.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::files::{cp_err, create_private_dir, sync_dir};
+use crate::checkpoint::{read_json, write_json_atomic, ChunkDone};
+use crate::error::{Error, Result};
+use crate::pipeline::stage::{Stager, SEALED};
+use crate::sink::hbase::hfile::{FileMeta, HFileWriter};
+use crate::sink::hbase::runs::{merge_into, Merge};
+
+/// Run files a merge holds open at once.
+pub const FAN_IN: usize = 64;
+/// A worker's staged cells in memory before they are spilled as a run.
+pub const SPILL_BYTES: usize = 16 << 20;
+
+/// The folder of a chunk's runs.
+pub fn unit_name(table: &str, k: u64) -> String {
+    format!("{table}.{k}")
+}
+
+/// A worker's stager under the staging dir `root`.
+pub fn stager(root: &Path, splits: Vec<Vec<u8>>) -> Stager {
+    Stager::new(&root.join("runs"), splits, SPILL_BYTES)
+}
+
+/// One HBase table's bulk load.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TableLoad {
+    pub table: String,
+    pub hfiles: u64,
+    pub cells: u64,
+    pub hfile_bytes: u64,
+    pub hfile_s: f64,
+    pub load_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BulkSummary {
+    pub staging_dir: String,
+    pub hfiles: u64,
+    pub cells: u64,
+    pub hfile_bytes: u64,
+    /// Seconds spent writing HFiles (merging the runs included).
+    pub hfile_s: f64,
+    /// Seconds of the load step (the tables are loaded side by side).
+    pub load_s: f64,
+    /// This process's own CPU seconds and peak RSS for the whole run (the
+    /// bulk-load tool, a child process, excluded).
+    pub process_cpu_s: f64,
+    pub process_peak_rss_kib: u64,
+    pub tables: Vec<TableLoad>,
+}
+
+/// What the end of a bulk-loading run needs.
+pub(super) struct Finish<'a> {
+    pub root: &'a Path,
+    pub family: &'a str,
+    pub tables: &'a [String],
+    pub done: &'a BTreeMap<(String, u64), ChunkDone>,
+    pub command: &'a [String],
+}
+
+impl Finish<'_> {
+    fn state(&self, table: &str, step: &str) -> PathBuf {
+        self.root.join("state").join(format!("{table}.{step}.json"))
+    }
+
+    fn table_dir(&self, table: &str) -> PathBuf {
+        self.root.join("hfiles").join(table)
+    }
+
+    /// Writes the HFiles of every table and loads them (see the module comment).
+    pub(super) fn run(&self) -> Result<BulkSummary> {
+        // Step 1, every table's HFiles; step 2, every table's load.
+        let mut loads = Vec::new();
+        let mut runs: Option<BTreeMap<String, BTreeMap<usize, Vec<PathBuf>>>> = None;
+        for table in self.tables {
+            let load = match read_json::<TableLoad>(&self.state(table, "hfiles"))? {
+                Some(l) => l,
+                None => {
+                    if runs.is_none() {
+                        runs = Some(self.committed_runs()?);
+                    }
+                    let empty = BTreeMap::new();
+                    let mine = runs.as_ref().and_then(|r| r.get(table)).unwrap_or(&empty);
+                    let l = self.write_hfiles(table, mine)?;
+                    write_json_atomic(&self.state(table, "hfiles"), &l)?;
+                    l
+                }
+            };
+            loads.push(load);
+        }
+        let started = Instant::now();
+        // The tables load side by side: most of a load is the tool's start-up.
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = loads
+                .iter_mut()
+                .map(|load| {
+                    scope.spawn(move || -> Result<()> {
+                        let table = load.table.clone();
+                        match read_json::<TableLoad>(&self.state(&table, "loaded"))? {
+                            Some(l) => *load = l,
+                            None => {
+                                load.load_s = self.load(&table)?;
+                                write_json_atomic(&self.state(&table, "loaded"), &*load)?;
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join()
+                    .map_err(|_| Error::Other("bulk load thread panicked".into()))?
+            })
+        })?;
+        let load_s = started.elapsed().as_secs_f64();
+        // Everything is in HBase: the runs are no longer needed.
+        for d in ["runs", "tmp"] {
+            let p = self.root.join(d);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).map_err(|e| cp_err(&p, e))?;
+            }
+        }
+        Ok(BulkSummary {
+            staging_dir: self.root.display().to_string(),
+            hfiles: loads.iter().map(|l| l.hfiles).sum(),
+            cells: loads.iter().map(|l| l.cells).sum(),
+            hfile_bytes: loads.iter().map(|l| l.hfile_bytes).sum(),
+            hfile_s: loads.iter().map(|l| l.hfile_s).sum(),
+            load_s,
+            process_cpu_s: own_usage().0,
+            process_peak_rss_kib: own_usage().1,
+            tables: loads,
+        })
+    }
+
+    /// The run files of every committed chunk: table → region → files.
+    fn committed_runs(&self) -> Result<BTreeMap<String, BTreeMap<usize, Vec<PathBuf>>>> {
+        let mut out: BTreeMap<String, BTreeMap<usize, Vec<PathBuf>>> = BTreeMap::new();
+        let mut missing = Vec::new();
+        let runs = self.root.join("runs");
+        for ((table, k), d) in self.done {
+            if d.hbase == 0 {
+                continue;
+            }
+            let unit = runs.join(unit_name(table, *k));
+            if !unit.join(SEALED).exists() {
+                missing.push(format!("{table} chunk {k}"));
+                continue;
+            }
+            for t in list(&unit)? {
+                if !t.is_dir() {
+                    continue;
+                }
+                let name = t
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_string();
+                for f in list(&t)? {
+                    let fname = f
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .to_string();
+                    let region = fname
+                        .strip_prefix('r')
+                        .and_then(|s| s.split('.').next())
+                        .and_then(|r| r.parse::<usize>().ok())
+                        .ok_or_else(|| cp_err(&f, "not a run file"))?;
+                    out.entry(name.clone())
+                        .or_default()
+                        .entry(region)
+                        .or_default()
+                        .push(f);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            return Err(Error::Other(format!(
+                "bulk load: the staged runs of {} committed chunks are missing from {} (first: {}); \
+                 the state dir was lost or wiped, so their HBase cells exist nowhere else. \
+                 Copy them again into HBase with a new --run-id (or --hbase-load put)",
+                missing.len(),
+                runs.display(),
+                missing[0]
+            )));
+        }
+        Ok(out)
+    }
+
+    fn write_hfiles(
+        &self,
+        table: &str,
+        regions: &BTreeMap<usize, Vec<PathBuf>>,
+    ) -> Result<TableLoad> {
+        let started = Instant::now();
+        let dir = self.table_dir(table);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| cp_err(&dir, e))?;
+        }
+        let fam = dir.join(self.family);
+        let tmp = self.root.join("tmp");
+        create_private_dir(&fam)?;
+        create_private_dir(&tmp)?;
+        let mut load = TableLoad {
+            table: table.to_string(),
+            ..TableLoad::default()
+        };
+        for (&region, paths) in regions {
+            let paths = reduce_fan_in(paths.clone(), &tmp, &format!("{table}.{region}"))?;
+            let mut out = RegionFiles {
+                fam: &fam,
+                tmp: &tmp,
+                family: self.family.as_bytes(),
+                region,
+                n: 0,
+                cur: None,
+                load: &mut load,
+            };
+            Merge::open(&paths)
+                .and_then(|m| m.for_each(|k, v| out.append(k, v)))
+                .map_err(|e| cp_err(&fam, e))?;
+            out.close()?;
+        }
+        sync_dir(&fam)?;
+        sync_dir(&dir)?;
+        load.hfile_s = started.elapsed().as_secs_f64();
+        tracing::info!(
+            table,
+            hfiles = load.hfiles,
+            cells = load.cells,
+            bytes = load.hfile_bytes,
+            seconds = load.hfile_s,
+            "HFiles written"
+        );
+        Ok(load)
+    }
+
+    /// Runs the bulk-load tool on the table's HFiles; returns its seconds.
+    fn load(&self, table: &str) -> Result<f64> {
+        let dir = self.table_dir(table);
+        let fam = dir.join(self.family);
+        let left = if fam.exists() { list(&fam)?.len() } else { 0 };
+        if left == 0 {
+            return Ok(0.0);
+        }
+        let (prog, args) = self
+            .command
+            .split_first()
+            .ok_or_else(|| Error::Usage("--bulk-load-command is empty".into()))?;
+        let abs = std::fs::canonicalize(&dir).map_err(|e| cp_err(&dir, e))?;
+        let started = Instant::now();
+        tracing::info!(table, files = left, "bulk load: {}", self.command.join(" "));
+        let mut cmd = std::process::Command::new(prog);
+        // A loader outliving a killed migrator would race the resumed
+        // run's loader for the same files: it dies with its parent.
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd
+            .args(args)
+            .arg(format!("file://{}", abs.display()))
+            .arg(table)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| Error::Usage(format!("bulk load of {table}: cannot run {prog}: {e}")))?;
+        if !out.status.success() {
+            let text = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            return Err(Error::Other(format!(
+                "bulk load of {table} failed ({}): {}",
+                out.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )));
+        }
+        failpoint::kill_after("load");
+        let s = started.elapsed().as_secs_f64();
+        tracing::info!(table, seconds = s, "bulk load done");
+        Ok(s)
+    }
+}
+
+/// The HFiles of one region, a new one begun when a file is full.
+struct RegionFiles<'a> {
+    fam: &'a Path,
+    tmp: &'a Path,
+    family: &'a [u8],
+    region: usize,
+    n: u32,
+    cur: Option<(PathBuf, HFileWriter<BufWriter<File>>)>,
+    load: &'a mut TableLoad,
+}
+
+impl RegionFiles<'_> {
+    fn append(&mut self, key: &[u8], value: &[u8]) -> std::io::Result<()> {
+        if self.cur.is_none() {
+            let p = self.tmp.join(format!("{:06}{:04}", self.region, self.n));
+            let w = HFileWriter::new(
+                BufWriter::with_capacity(1 << 20, File::create(&p)?),
+                self.family,
+            );
+            self.cur = Some((p, w));
+        }
+        let (_, w) = self.cur.as_mut().expect("opened above");
+        w.append_key(key, value)?;
+        if w.should_roll() {
+            self.close().map_err(std::io::Error::other)?;
+        }
+        Ok(())
+    }
+
+    /// Finishes the file in hand: synced, then renamed into the family dir.
+    fn close(&mut self) -> Result<()> {
+        let Some((p, w)) = self.cur.take() else {
+            return Ok(());
+        };
+        let meta = FileMeta {
+            created_ms: super::now_ms() as i64,
+            task: "falcon-migrate base".into(),
+        };
+        let (out, stats) = w.finish(&meta).map_err(|e| cp_err(&p, e))?;
+        out.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .map_err(|e| cp_err(&p, e))?;
+        let name = p.file_name().expect("a file name").to_owned();
+        let dest = self.fam.join(name);
+        std::fs::rename(&p, &dest).map_err(|e| cp_err(&dest, e))?;
+        self.n += 1;
+        self.load.hfiles += 1;
+        self.load.cells += stats.entries;
+        self.load.hfile_bytes += stats.bytes;
+        failpoint::kill_after("hfile");
+        Ok(())
+    }
+}
+
+/// Merges runs in passes until at most [`FAN_IN`] remain.
+fn reduce_fan_in(mut paths: Vec<PathBuf>, tmp: &Path, tag: &str) -> Result<Vec<PathBuf>> {
+    let mut pass = 0;
+    while paths.len() > FAN_IN {
+        let mut next = Vec::new();
+        for (i, group) in paths.chunks(FAN_IN).enumerate() {
+            let out = tmp.join(format!("{tag}.p{pass}.{i}.run"));
+            merge_into(group, &out).map_err(|e| cp_err(&out, e))?;
+            next.push(out);
+        }
+        paths = next;
+        pass += 1;
+    }
+    Ok(paths)
+}
+
+/// This process's CPU seconds (user + system, from `/proc/self/stat`, in
+/// Linux's fixed 100 ticks a second) and peak RSS in KiB (`VmHWM`).
+fn own_usage() -> (f64, u64) {
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which ends with the last ')'.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let l = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            l.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0);
+    (cpu, rss)
+}
+
+fn list(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| cp_err(dir, e))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| cp_err(dir, e))?;
+    v.sort();
+    Ok(v)
+}
+
+/// `FALCON_FAILPOINT=kill-after:hfile:N` (the Nth HFile written) or
+/// `kill-after:load:N` (the Nth table loaded, before it is recorded): the
+/// process kills itself with SIGKILL there, as a crash would.
+mod failpoint {
+    #[cfg(feature = "failpoints")]
+    pub fn kill_after(site: &str) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static HFILE: AtomicU64 = AtomicU64::new(0);
+        static LOAD: AtomicU64 = AtomicU64::new(0);
+        let n = match site {
+            "hfile" => &HFILE,
+            _ => &LOAD,
+        }
+        .fetch_add(1, Ordering::SeqCst)
+            + 1;
+        let at = std::env::var("FALCON_FAILPOINT").ok().and_then(|v| {
+            let (s, k) = v.strip_prefix("kill-after:")?.split_once(':')?;
+            (s == site).then(|| k.parse::<u64>().ok()).flatten()
+        });
+        if at == Some(n) {
+            tracing::warn!("failpoint: killed after {site} {n}");
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &std::process::id().to_string()])
+                .status();
+            std::thread::sleep(std::time::Duration::from_secs(60));
+        }
+    }
+
+    #[cfg(not(feature = "failpoints"))]
+    pub fn kill_after(_site: &str) {}
+}
