@@ -281,7 +281,11 @@ async fn wrong_ca_wrong_password_and_plain_clients_stop_at_start_with_exit_2() {
             .replace(&format!("ssl_ca = \"{ca}\"\n"), "")
     });
     let e = refused(&job, SASL_PASSWORD);
-    assert_names(&e, "MySQL at 127.0.0.1:3306", &["insecure transport"]);
+    assert_names(
+        &e,
+        "MySQL at 127.0.0.1:3306",
+        &["insecure transport", "requires secure transport"],
+    );
 
     secure_config(&job, &plain, |t| {
         t.replace(

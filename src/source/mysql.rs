@@ -41,6 +41,17 @@ pub async fn connect(cfg: &Config, size: u32) -> Result<MySqlPool> {
             target: cfg.source_endpoint(),
             message: match e {
                 sqlx::Error::PoolTimedOut => format!("no answer within {}s", timeout.as_secs()),
+                // MariaDB refuses a plain session under require_secure_transport
+                // as an access denial (1045).
+                other
+                    if cfg.source.tls.mode == SslMode::Disabled
+                        && other.to_string().contains("1045") =>
+                {
+                    format!(
+                        "{other} (ssl_mode is disabled: a server that requires secure transport \
+                         refuses plain sessions this way)"
+                    )
+                }
                 other => other.to_string(),
             },
         })

@@ -75,21 +75,23 @@ pub fn validate(cfg: &KafkaConfig) -> std::result::Result<(), String> {
 /// that then times out can say why.
 #[derive(Default)]
 pub struct Recorder {
-    last: std::sync::Mutex<Option<String>>,
+    /// The last connection failure logged (the specific cause).
+    logged: std::sync::Mutex<Option<String>>,
+    /// The last error event (often only "1/1 brokers are down").
+    error: std::sync::Mutex<Option<String>>,
 }
 
 impl Recorder {
-    /// The last error reported, if any.
+    /// The most specific error reported, if any.
     pub fn cause(&self) -> Option<String> {
-        self.last.lock().ok().and_then(|g| g.clone())
+        let get = |m: &std::sync::Mutex<Option<String>>| m.lock().ok().and_then(|g| g.clone());
+        get(&self.logged).or_else(|| get(&self.error))
     }
 }
 
-impl Recorder {
-    fn keep(&self, reason: &str) {
-        if let Ok(mut g) = self.last.lock() {
-            *g = Some(reason.to_string());
-        }
+fn keep(slot: &std::sync::Mutex<Option<String>>, reason: &str) {
+    if let Ok(mut g) = slot.lock() {
+        *g = Some(reason.to_string());
     }
 }
 
@@ -100,13 +102,13 @@ impl rdkafka::ClientContext for Recorder {
         use rdkafka::config::RDKafkaLogLevel as L;
         tracing::debug!(fac, message, "librdkafka");
         if matches!(level, L::Emerg | L::Alert | L::Critical | L::Error) {
-            self.keep(message);
+            keep(&self.logged, message);
         }
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         tracing::debug!(%error, reason, "librdkafka");
-        self.keep(reason);
+        keep(&self.error, reason);
     }
 }
 
