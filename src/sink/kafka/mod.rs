@@ -20,9 +20,12 @@ use crate::error::{Error, Result};
 /// [`consumer_config`].
 pub fn base_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
+    // Warnings reach the client context too: a failed connection's cause
+    // (facility FAIL) is logged at that level; the context only keeps it.
     c.set("bootstrap.servers", &cfg.brokers)
         .set("socket.timeout.ms", "10000")
-        .set("log_level", "3");
+        .set("log_level", "4")
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
     for (k, v) in cfg.client.iter() {
         c.set(k, v);
     }
@@ -101,14 +104,21 @@ impl rdkafka::ClientContext for Recorder {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
         tracing::debug!(fac, message, "librdkafka");
-        if matches!(level, L::Emerg | L::Alert | L::Critical | L::Error) {
+        // FAIL: a connection attempt failed, with its cause (at warning level
+        // for a plain client meeting a TLS listener: "might be caused by
+        // incorrect security.protocol configuration").
+        if fac == "FAIL" || matches!(level, L::Emerg | L::Alert | L::Critical | L::Error) {
             keep(&self.logged, message);
         }
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         tracing::debug!(%error, reason, "librdkafka");
-        keep(&self.error, reason);
+        // "N/N brokers are down" follows the specific cause: keep the cause.
+        let generic = reason.contains("brokers are down");
+        if !generic || self.error.lock().map(|g| g.is_none()).unwrap_or(true) {
+            keep(&self.error, reason);
+        }
     }
 }
 
@@ -155,16 +165,42 @@ pub fn check(cfg: &KafkaConfig) -> Result<usize> {
                     break;
                 }
             }
+            let cause = consumer
+                .context()
+                .cause()
+                .filter(|c| !c.contains("brokers are down"));
             Error::Unreachable {
                 what: "Kafka",
                 target: cfg.brokers.clone(),
-                message: match consumer.context().cause() {
+                message: match cause.or_else(|| tls_listener_hint(cfg)) {
                     Some(cause) => format!("{e}: {cause}"),
                     None => e.to_string(),
                 },
             }
         })?;
     Ok(md.brokers().len())
+}
+
+/// Why a plain client gets no answer from a broker that speaks TLS (which
+/// librdkafka reports only as "brokers are down"): the first broker is
+/// probed with a TLS handshake of our own.
+fn tls_listener_hint(cfg: &KafkaConfig) -> Option<String> {
+    let protocol = cfg
+        .client
+        .get("security.protocol")
+        .unwrap_or("plaintext")
+        .to_ascii_lowercase();
+    if protocol.ends_with("ssl") {
+        return None;
+    }
+    let first = cfg.brokers.split(',').next()?.trim().to_string();
+    match crate::tls::peer_certificate(&first, crate::tls::StartTls::Immediate) {
+        Ok(Some(_)) => Some(format!(
+            "{first} is an SSL listener (it completed a TLS handshake) but security.protocol is {protocol}: set security.protocol = \"{}\" in [kafka.client]",
+            if protocol.starts_with("sasl") { "SASL_SSL" } else { "SSL" }
+        )),
+        _ => None,
+    }
 }
 
 /// How the Kafka clients' connections are protected, from the settings
