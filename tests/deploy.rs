@@ -28,9 +28,12 @@ fn broken(name: &str, file: &str, from: &str, to: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("falcon-deploy-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    // The manifests (files); folders such as grafana/ are not the checker's.
     for e in std::fs::read_dir(Path::new(ROOT).join("deploy")).unwrap() {
         let p = e.unwrap().path();
-        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        if p.is_file() {
+            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        }
     }
     let p = dir.join(file);
     let text = std::fs::read_to_string(&p).unwrap();
