@@ -57,22 +57,6 @@ pub async fn table_sizes(
     Ok(out)
 }
 
-/// The binlog files and their sizes, oldest first.
-async fn binary_logs(pool: &MySqlPool) -> Result<Vec<(String, u64)>> {
-    Ok(sqlx::query("SHOW BINARY LOGS")
-        .fetch_all(pool)
-        .await
-        .map_err(|e| Error::mysql("SHOW BINARY LOGS", e))?
-        .iter()
-        .map(|r| {
-            (
-                r.try_get::<String, _>(0).unwrap_or_default(),
-                r.try_get::<u64, _>(1).unwrap_or(0),
-            )
-        })
-        .collect())
-}
-
 /// Bytes of binlog between two positions, from the files' sizes.
 fn binlog_bytes(logs: &[(String, u64)], from: &Position, to: &Position) -> u64 {
     let (
@@ -126,7 +110,7 @@ pub async fn write_rate(
     use mysql_async::binlog::events::EventData;
 
     let database = cfg.database().unwrap_or_default();
-    let logs = binary_logs(pool).await?;
+    let logs = crate::source::binlog::binary_logs(pool).await?;
     let now_pos = crate::source::mysql::binlog_position(pool).await?;
     let mut first = logs.len().saturating_sub(1);
     let mut held = logs.last().map_or(0, |l| l.1);
@@ -174,11 +158,7 @@ pub async fn write_rate(
             // The fake rotate sent at connect names the file asked for (see
             // the diff reader): only later rotates move on.
             Some(EventData::RotateEvent(r)) if end > 0 || seen_fde => {
-                file = r
-                    .name()
-                    .chars()
-                    .take_while(|c| c.is_ascii_graphic())
-                    .collect();
+                file = crate::source::binlog::rotate_file_name(&r);
             }
             Some(EventData::TableMapEvent(t)) => {
                 let ours = t.database_name() == database.as_str()

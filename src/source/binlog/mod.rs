@@ -117,23 +117,37 @@ pub enum Item {
 }
 
 /// Checks that `start` still exists on the server (its file was not purged).
-pub async fn check_available(pool: &MySqlPool, start: &Position) -> Result<()> {
-    let Position::Binlog { file, offset, .. } = start else {
-        return Err(not_binlog(start));
-    };
-    let logs: Vec<(String, u64)> = sqlx::query("SHOW BINARY LOGS")
+/// The file a rotate event names (cut at the first non-printable byte: a
+/// rotate read before the checksum setting is known carries its checksum).
+pub fn rotate_file_name(r: &mysql_async::binlog::events::RotateEvent<'_>) -> String {
+    r.name()
+        .chars()
+        .take_while(|c| c.is_ascii_graphic())
+        .collect()
+}
+
+/// The server's binlog files and their sizes, oldest first.
+pub async fn binary_logs(pool: &MySqlPool) -> Result<Vec<(String, u64)>> {
+    use sqlx::Row;
+    Ok(sqlx::query("SHOW BINARY LOGS")
         .fetch_all(pool)
         .await
         .map_err(|e| Error::mysql("SHOW BINARY LOGS", e))?
         .iter()
         .map(|r| {
-            use sqlx::Row;
             (
                 r.try_get::<String, _>(0).unwrap_or_default(),
                 r.try_get::<u64, _>(1).unwrap_or(0),
             )
         })
-        .collect();
+        .collect())
+}
+
+pub async fn check_available(pool: &MySqlPool, start: &Position) -> Result<()> {
+    let Position::Binlog { file, offset, .. } = start else {
+        return Err(not_binlog(start));
+    };
+    let logs = binary_logs(pool).await?;
     match logs.iter().find(|(f, _)| f == file) {
         Some((_, size)) if offset == size => Ok(()),
         Some((_, size)) if offset <= size => {

@@ -143,11 +143,7 @@ impl Reader {
                 // and arrives before the checksum setting is known (its name
                 // may carry the checksum bytes): that one is skipped.
                 Some(EventData::RotateEvent(r)) if end > 0 || seen_fde => {
-                    file = r
-                        .name()
-                        .chars()
-                        .take_while(|c| c.is_ascii_graphic())
-                        .collect();
+                    file = super::rotate_file_name(&r);
                     if pending.is_none() {
                         safe = Position::Binlog {
                             file: file.clone(),
