@@ -43,13 +43,15 @@ config() { # config NAME -> path of a config with its own topics and tables
 }
 json() { python3 -c "import json,sys; d=json.load(open('$1')); print($2)"; }
 
-# The prediction: sizes counted exactly, base measured by a calibration copy.
+# The prediction: sizes counted exactly, base measured by a calibration copy
+# (one shard, then two side by side for the scaling).
 target/release/falcon-migrate plan -c "$(config "${tag}plan")" --state-dir "$out/state-plan" \
   --calibrate "$calibrate" --workers "$workers" --exact-counts --max-shards 2 --json \
   >"$out/plan.json" 2>"$out/plan.log"
 pred1=$(json "$out/plan.json" "[b['seconds'] for b in d['base'] if b['shards']==1][0]")
 pred2=$(json "$out/plan.json" "[b['seconds'] for b in d['base'] if b['shards']==2][0]")
 rate=$(json "$out/plan.json" "round(d['base_rate']['per_s'])")
+scaling=$(json "$out/plan.json" "d['scaling']['source'] if d.get('scaling') else 'not measured (linear assumed)'")
 
 # The actual runs, timed from the outside (process start to exit).
 run_base() { # run_base NAME SHARD -> wall seconds on stdout
@@ -81,6 +83,6 @@ calibration: $calibrate rows -> $rate rows/s per shard
 shards   predicted s   actual s   predicted/actual
 1        $(printf '%11.1f %10.1f %18s' "$pred1" "$act1" "$(ratio "$pred1" "$act1")")
 2        $(printf '%11.1f %10.1f %18s' "$pred2" "$act2" "$(ratio "$pred2" "$act2")")
-(2 shards without --ceiling assume linear scaling; on a machine whose cores the stack shares they cannot be)
+scaling: $scaling
 details: $out
 TXT

@@ -247,6 +247,16 @@ pub fn inc(def: &'static Def, labels: &[&str], n: u64) {
     });
 }
 
+/// A committed unit's rows of one table (a base chunk, a diff batch, a
+/// watermark page): read, written to each target that was on, dead-lettered.
+pub fn committed_rows(phase: &str, table: &str, read: u64, written: &[(&str, u64)], dead: u64) {
+    inc(&ROWS_READ, &[phase, table], read);
+    for (target, n) in written {
+        inc(&ROWS_WRITTEN, &[phase, table, target], *n);
+    }
+    inc(&ROWS_DEAD, &[phase, table], dead);
+}
+
 /// Sets a gauge.
 pub fn set(def: &'static Def, labels: &[&str], value: f64) {
     debug_assert_eq!(def.kind, Kind::Gauge, "{}", def.name);

@@ -249,6 +249,10 @@ async fn status_from_another_machine_reports_what_the_shards_committed() {
     assert_eq!(before["diff"]["state"], "not started");
     assert_eq!(before["verify"]["state"], "never run");
 
+    // A third machine watches the whole copy: `status --watch 1 --json`
+    // prints one JSON line a second until Ctrl-C.
+    let watcher = spawn(job.migrate_command_in("status", &elsewhere, &["--watch", "1"]));
+
     // Two shards on two "machines" (state dirs), both running.
     let shards: Vec<Running> = (0..2)
         .map(|i| {
@@ -295,6 +299,11 @@ async fn status_from_another_machine_reports_what_the_shards_committed() {
     let b = &s["base"];
     assert_eq!(b["state"], "finished");
     assert_eq!(b["eta_s"], 0.0);
+
+    // The watcher saw the copy progress and end where the shards ended; a
+    // Ctrl-C ends it with exit 0.
+    std::thread::sleep(Duration::from_millis(2_500));
+    watched_until_the_end(watcher, b);
     let sum = |table: &str, k: &str| -> u64 {
         summaries
             .iter()
@@ -350,6 +359,36 @@ async fn status_from_another_machine_reports_what_the_shards_committed() {
     );
     assert_eq!(s["verify"]["state"], "identical");
     assert_eq!(s["verify"]["last"]["compared"], verify.json()["compared"]);
+}
+
+/// Stops a `status --watch --json` with SIGINT and checks its lines: every
+/// one a status, chunks done never going back, at least one line during the
+/// copy, and the last one equal to `finished` (the final one-shot status).
+fn watched_until_the_end(mut watcher: Running, finished: &serde_json::Value) {
+    let pid = watcher.child.id().to_string();
+    let sent = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(sent.success());
+    let status = watcher.child.wait().unwrap();
+    let err = watcher.stderr();
+    assert_eq!(status.code(), Some(0), "status --watch after Ctrl-C: {err}");
+    let lines: Vec<serde_json::Value> = watcher
+        .stdout
+        .iter()
+        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(lines.len() >= 3, "{} lines: {lines:?}", lines.len());
+    let done = |s: &serde_json::Value| s["base"]["chunks_done"].as_u64().unwrap_or(0);
+    for w in lines.windows(2) {
+        assert!(done(&w[0]) <= done(&w[1]), "chunks went back: {w:?}");
+    }
+    assert!(
+        lines.iter().any(|s| s["base"]["state"] == "copying"),
+        "no line during the copy"
+    );
+    let last = &lines.last().unwrap()["base"];
+    assert_eq!(last["state"], "finished");
+    assert_eq!(last["chunks_done"], finished["chunks_done"]);
+    assert_eq!(last["tables"], finished["tables"]);
 }
 
 /// Runs headless Chromium; its exit status must be 0.

@@ -1,13 +1,16 @@
 //! `plan --calibrate N`: copies about N rows of the real source with `base`
 //! itself into scratch topics and tables (every name suffixed with a
 //! calibration tag, a scratch progress topic and run id, a scratch state
-//! dir), measures the rows per second of the copy, and deletes the scratch
+//! dir), measures the rows per second of the copy; then, unless the plan
+//! asks about one shard only, copies about N rows again with two shards
+//! side by side (as two pods would: one run id, shards 0/2 and 1/2) to
+//! measure how shards scale on these servers; and deletes the scratch
 //! topics and tables again.
 
 use std::path::Path;
 use std::time::Duration;
 
-use super::model::{Measured, TableSize};
+use super::model::{Measured, Scaling, TableSize};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::pipeline::base::{self, BaseOptions, BaseOutcome, BaseSummary, Targets};
@@ -28,6 +31,8 @@ pub fn scratch_config(cfg: &Config, tag: &str) -> Config {
 pub struct Calibration {
     pub measured: Measured,
     pub summary: BaseSummary,
+    /// Two shards side by side, when asked for.
+    pub scaling: Option<Scaling>,
 }
 
 pub async fn calibrate(
@@ -37,43 +42,28 @@ pub async fn calibrate(
     targets: Targets,
     widths: &[TableSize],
     state_root: &Path,
+    measure_scaling: bool,
 ) -> Result<Calibration> {
-    let tag = format!("calib{}", base::now_ms());
-    let scratch = scratch_config(cfg, &tag);
-    let state_dir = state_root.join("calibrate").join(&tag);
-    let opts = BaseOptions {
-        state_dir: state_dir.clone(),
-        run_id: tag.clone(),
-        workers,
-        // Small enough that the workers stop near `rows`, not a chunk each past it.
-        chunk_rows: (rows / (4 * workers as u64)).clamp(1_000, 20_000),
-        targets,
-        resume: false,
-        shard: crate::checkpoint::Shard::ALL,
-        max_rows_per_sec: None,
-        max_threads_running: None,
-        dry_run: false,
-        tables: None,
-        progress_every: Duration::from_secs(10),
-        retry: RetryPolicy::default(),
-        stop_after_rows: Some(rows),
-        hbase_load: base::HbaseLoad::Put,
-    };
-    tracing::info!(
-        rows,
-        workers,
-        tag,
-        "calibration copy into scratch topics and tables"
-    );
-    let outcome = base::run(scratch.clone(), opts).await;
-    let cleanup = drop_scratch(&scratch, targets).await;
-    let _ = std::fs::remove_dir_all(&state_dir);
-    let BaseOutcome::Done(summary) = outcome? else {
-        return Err(Error::Other("calibration copy planned nothing".into()));
-    };
-    cleanup?;
+    let one = copy(cfg, rows, workers, targets, state_root, 1).await?;
+    let summary = one.into_iter().next().expect("one shard");
     let v = serde_json::to_value(&summary).unwrap_or_default();
     let per_s = summary.rows_read as f64 / summary.copy_s.max(1e-3);
+    let scaling = if measure_scaling {
+        let two = copy(cfg, rows, workers, targets, state_root, 2).await?;
+        let read: u64 = two.iter().map(|s| s.rows_read).sum();
+        // The shards start together; the slower one ends the copy.
+        let wall = two.iter().map(|s| s.copy_s).fold(1e-3, f64::max);
+        let speedup = read as f64 / wall / per_s;
+        Scaling::measured(
+            2,
+            speedup,
+            format!(
+                "calibration: 2 shards side by side copied {read} rows in {wall:.1}s, {speedup:.2}× one"
+            ),
+        )
+    } else {
+        None
+    };
     Ok(Calibration {
         measured: Measured {
             per_s,
@@ -83,8 +73,95 @@ pub async fn calibrate(
                 summary.rows_read, summary.copy_s
             ),
         },
-        summary: *summary,
+        summary,
+        scaling,
     })
+}
+
+/// About `rows` rows copied by `shards` shards side by side into scratch
+/// topics and tables, which are dropped again; each shard's summary.
+async fn copy(
+    cfg: &Config,
+    rows: u64,
+    workers: usize,
+    targets: Targets,
+    state_root: &Path,
+    shards: u32,
+) -> Result<Vec<BaseSummary>> {
+    let tag = format!("calib{}", base::now_ms());
+    let scratch = scratch_config(cfg, &tag);
+    let state_dir = state_root.join("calibrate").join(&tag);
+    let per_shard = rows.div_ceil(u64::from(shards));
+    // One task per shard, as separate pods would run them.
+    let runs: Vec<_> = (0..shards)
+        .map(|index| {
+            let opts = shard_options(
+                &state_dir.join(format!("shard-{index}")),
+                &tag,
+                per_shard,
+                workers,
+                targets,
+                crate::checkpoint::Shard {
+                    index,
+                    count: shards,
+                },
+            );
+            tokio::spawn(base::run(scratch.clone(), opts))
+        })
+        .collect();
+    tracing::info!(
+        rows,
+        workers,
+        shards,
+        tag,
+        "calibration copy into scratch topics and tables"
+    );
+    let mut outcomes = Vec::new();
+    for run in runs {
+        outcomes.push(
+            run.await
+                .map_err(|e| Error::Other(format!("calibration shard failed: {e}")))?,
+        );
+    }
+    let cleanup = drop_scratch(&scratch, targets).await;
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let mut out = Vec::new();
+    for outcome in outcomes {
+        let BaseOutcome::Done(summary) = outcome? else {
+            return Err(Error::Other("calibration copy planned nothing".into()));
+        };
+        out.push(*summary);
+    }
+    cleanup?;
+    Ok(out)
+}
+
+fn shard_options(
+    state_dir: &Path,
+    tag: &str,
+    rows: u64,
+    workers: usize,
+    targets: Targets,
+    shard: crate::checkpoint::Shard,
+) -> BaseOptions {
+    BaseOptions {
+        state_dir: state_dir.to_path_buf(),
+        run_id: tag.to_string(),
+        workers,
+        // Small enough that the workers stop near `rows`, not a chunk each past it.
+        chunk_rows: (rows / (4 * workers as u64)).clamp(1_000, 20_000),
+        targets,
+        resume: false,
+        shard,
+        max_rows_per_sec: None,
+        max_threads_running: None,
+        dry_run: false,
+        tables: None,
+        progress_every: Duration::from_secs(10),
+        retry: RetryPolicy::default(),
+        stop_after_rows: Some(rows),
+        hbase_load: base::HbaseLoad::Put,
+    }
 }
 
 async fn drop_scratch(scratch: &Config, targets: Targets) -> Result<()> {

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use self::model::{Forecast, Inputs, Measured, TableSize, WriteRate};
+use self::model::{Forecast, Inputs, Measured, Scaling, TableSize, WriteRate};
 use crate::config::Config;
 use crate::error::Result;
 use crate::pipeline::base::{BaseSummary, Targets};
@@ -55,6 +55,8 @@ pub struct PlanReport {
     pub diff_rate: Option<Measured>,
     pub verify_rate: Option<Measured>,
     pub ceiling: Option<f64>,
+    /// Shards measured side by side (the calibration's second copy).
+    pub scaling: Option<Scaling>,
     pub startup_s: f64,
     #[serde(flatten)]
     pub forecast: Forecast,
@@ -90,12 +92,21 @@ pub async fn run(cfg: Config, opts: PlanOptions) -> Result<PlanReport> {
     pool.close().await;
 
     let mut calibration: Option<BaseSummary> = None;
+    let mut scaling = None;
     let base_rate = match opts.calibrate_rows {
         Some(n) => {
-            let c =
-                calibrate::calibrate(&cfg, n, opts.workers, opts.targets, &sizes, &opts.state_dir)
-                    .await?;
+            let c = calibrate::calibrate(
+                &cfg,
+                n,
+                opts.workers,
+                opts.targets,
+                &sizes,
+                &opts.state_dir,
+                opts.max_shards > 1,
+            )
+            .await?;
             calibration = Some(c.summary);
+            scaling = c.scaling;
             Some(c.measured)
         }
         None => recorded.base.map(|(_, m)| m),
@@ -111,6 +122,7 @@ pub async fn run(cfg: Config, opts: PlanOptions) -> Result<PlanReport> {
         tables: sizes.clone(),
         base: base_rate.clone(),
         ceiling: opts.ceiling,
+        scaling: scaling.clone(),
         startup_s,
         byte_share: opts.byte_share,
         diff: diff_rate.clone(),
@@ -131,6 +143,7 @@ pub async fn run(cfg: Config, opts: PlanOptions) -> Result<PlanReport> {
         diff_rate,
         verify_rate,
         ceiling: opts.ceiling,
+        scaling,
         startup_s,
         forecast,
         calibration,

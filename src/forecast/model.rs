@@ -9,9 +9,13 @@
 //!   the development stack, calibrated on a sample of narrower rows than the
 //!   whole, `s` = ½ predicted 1.59× the actual base time and rows alone
 //!   0.91×, `scripts/bench-plan.sh`).
-//!   Shards are independent processes, so `n` shards copy at
-//!   `n × r₁`, until the shared targets' ceiling (`--ceiling`, the slowest
-//!   link's rows/s) caps them: `min(n·r₁, ceiling)`. A shard's fixed start
+//!   Shards are independent processes, but they share the servers (and,
+//!   on a small machine, the cores): `n` shards copy at Amdahl's
+//!   `n·r₁ / (1 + σ(n − 1))`, the contention `σ` measured by the
+//!   calibration's second copy with two shards side by side
+//!   (`σ = 2/S₂ − 1` for a measured speed-up `S₂`; 0, i.e. linear, when it
+//!   was not measured), and never above the shared targets' ceiling
+//!   (`--ceiling`, the slowest link's rows/s). A shard's fixed start
 //!   (snapshot, plan, topics and tables) is added once.
 //! - **Diff catch-up.** A backlog of `B` changes applied at `μ` changes/s
 //!   while the source keeps writing `λ` changes/s shrinks at `μ − λ`:
@@ -42,6 +46,33 @@ pub struct Measured {
     pub source: String,
 }
 
+/// Shards copying side by side, measured: `shards` of them copied
+/// `speedup` times the rows/s of one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scaling {
+    pub shards: u32,
+    pub speedup: f64,
+    /// Amdahl's contention `σ` that the speed-up implies, 0 to 1.
+    pub contention: f64,
+    pub source: String,
+}
+
+impl Scaling {
+    /// `σ` from `n` shards measured `speedup`× one: `(n/S − 1)/(n − 1)`,
+    /// clamped to 0 (linear, or better from noise) … 1 (no gain at all).
+    pub fn measured(shards: u32, speedup: f64, source: String) -> Option<Scaling> {
+        (shards >= 2 && speedup > 0.0).then(|| {
+            let n = f64::from(shards);
+            Scaling {
+                shards,
+                speedup,
+                contention: ((n / speedup - 1.0) / (n - 1.0)).clamp(0.0, 1.0),
+                source,
+            }
+        })
+    }
+}
+
 /// The source's write rate, measured from its binlog.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WriteRate {
@@ -61,6 +92,8 @@ pub struct Inputs {
     pub base: Option<Measured>,
     /// The most rows/s the shared servers absorb, whatever the shard count.
     pub ceiling: Option<f64>,
+    /// How shards measured side by side scaled, when measured.
+    pub scaling: Option<Scaling>,
     /// A fixed cost of starting a shard, seconds.
     pub startup_s: f64,
     /// The share of a row's cost that goes by its bytes, 0 to 1.
@@ -137,14 +170,19 @@ pub fn mean_width(tables: &[TableSize]) -> Option<f64> {
     })
 }
 
-/// Rows/s of `n` shards.
-pub fn base_rate(per_shard: f64, n: u32, ceiling: Option<f64>) -> (f64, bool) {
-    let linear = per_shard * f64::from(n);
+/// Rows/s of `n` shards with contention `sigma` (0: linear), and whether
+/// the ceiling set it.
+pub fn base_rate(per_shard: f64, n: u32, sigma: f64, ceiling: Option<f64>) -> (f64, bool) {
+    let n = f64::from(n);
+    let scaled = per_shard * n / (1.0 + sigma * (n - 1.0));
     match ceiling {
-        Some(c) if c < linear => (c, true),
-        _ => (linear, false),
+        Some(c) if c < scaled => (c, true),
+        _ => (scaled, false),
     }
 }
+
+/// Doubling the shards must gain at least this much to be worth listing.
+const WORTH_DOUBLING: f64 = 1.05;
 
 /// Seconds to apply `backlog` changes at `apply` changes/s while `incoming`
 /// more arrive each second.
@@ -156,16 +194,22 @@ pub fn catch_up_s(backlog: f64, apply: f64, incoming: f64) -> Option<f64> {
 }
 
 /// Shard counts 1, 2, 4, … up to `max` (and `max` itself), stopping after
-/// the first count the ceiling caps: more shards change nothing.
-pub fn shard_counts(max: u32, per_shard: f64, ceiling: Option<f64>) -> Vec<u32> {
+/// the first count the ceiling caps (more shards change nothing) or whose
+/// doubling would gain less than 5% (contention eats it).
+pub fn shard_counts(max: u32, per_shard: f64, sigma: f64, ceiling: Option<f64>) -> Vec<u32> {
     let mut out = Vec::new();
     let mut n = 1u32;
     loop {
         out.push(n);
-        if base_rate(per_shard, n, ceiling).1 || n >= max {
+        let (rate, capped) = base_rate(per_shard, n, sigma, ceiling);
+        if capped || n >= max {
             break;
         }
-        n = n.saturating_mul(2).min(max);
+        let next = n.saturating_mul(2).min(max);
+        if base_rate(per_shard, next, sigma, ceiling).0 < rate * WORTH_DOUBLING {
+            break;
+        }
+        n = next;
     }
     out
 }
@@ -175,6 +219,7 @@ pub fn forecast(i: &Inputs) -> Forecast {
     let data_bytes: u64 = i.tables.iter().map(|t| t.data_bytes).sum();
     let mut notes = Vec::new();
     let incoming = i.writes.as_ref().map(|w| w.changes_per_h / 3600.0);
+    let sigma = i.scaling.as_ref().map_or(0.0, |s| s.contention);
 
     let base: Vec<BaseRow> = match &i.base {
         Some(m) if m.per_s > 0.0 => {
@@ -184,10 +229,10 @@ pub fn forecast(i: &Inputs) -> Forecast {
                 .iter()
                 .map(|t| weighted_rows(t, width, i.byte_share))
                 .sum();
-            shard_counts(i.max_shards.max(1), m.per_s, i.ceiling)
+            shard_counts(i.max_shards.max(1), m.per_s, sigma, i.ceiling)
                 .into_iter()
                 .map(|n| {
-                    let (rate, capped) = base_rate(m.per_s, n, i.ceiling);
+                    let (rate, capped) = base_rate(m.per_s, n, sigma, i.ceiling);
                     BaseRow {
                         shards: n,
                         rows_per_s: rate,
@@ -204,10 +249,18 @@ pub fn forecast(i: &Inputs) -> Forecast {
             Vec::new()
         }
     };
-    if i.ceiling.is_none() && base.len() > 1 {
+    if i.ceiling.is_none() && i.scaling.is_none() && base.len() > 1 {
         notes.push(
-            "no --ceiling: shards are assumed to scale linearly; give the slowest shared link's rows/s (bench-base.sh measures Kafka's and HBase's)".into(),
+            "shards are assumed to scale linearly (not measured): `plan --calibrate N` copies with two shards side by side too, or give --ceiling, the slowest shared link's rows/s (bench-base.sh measures Kafka's and HBase's)".into(),
         );
+    }
+    if let (Some(s), Some(last)) = (&i.scaling, base.last()) {
+        if !last.capped && last.shards < i.max_shards {
+            notes.push(format!(
+                "more than {} shards would gain less than 5% each doubling ({} shards measured {:.2}× one)",
+                last.shards, s.shards, s.speedup
+            ));
+        }
     }
 
     let diff = match (&i.diff, incoming) {
@@ -311,6 +364,7 @@ mod tests {
             tables: vec![table(1_000_000, 200), table(100_000, 50)],
             base: measured(10_000.0, None),
             ceiling: None,
+            scaling: None,
             startup_s: 0.0,
             byte_share: 0.0,
             diff: measured(2_000.0, None),
@@ -343,13 +397,49 @@ mod tests {
 
     #[test]
     fn shards_scale_linearly_until_the_ceiling() {
-        assert_eq!(base_rate(10.0, 4, None), (40.0, false));
-        assert_eq!(base_rate(10.0, 4, Some(25.0)), (25.0, true));
-        assert_eq!(base_rate(10.0, 2, Some(25.0)), (20.0, false));
-        assert_eq!(shard_counts(64, 10.0, None), vec![1, 2, 4, 8, 16, 32, 64]);
-        assert_eq!(shard_counts(12, 10.0, None), vec![1, 2, 4, 8, 12]);
+        assert_eq!(base_rate(10.0, 4, 0.0, None), (40.0, false));
+        assert_eq!(base_rate(10.0, 4, 0.0, Some(25.0)), (25.0, true));
+        assert_eq!(base_rate(10.0, 2, 0.0, Some(25.0)), (20.0, false));
+        assert_eq!(
+            shard_counts(64, 10.0, 0.0, None),
+            vec![1, 2, 4, 8, 16, 32, 64]
+        );
+        assert_eq!(shard_counts(12, 10.0, 0.0, None), vec![1, 2, 4, 8, 12]);
         // Capped at 4 (40 > 25): 8 would change nothing.
-        assert_eq!(shard_counts(64, 10.0, Some(25.0)), vec![1, 2, 4]);
+        assert_eq!(shard_counts(64, 10.0, 0.0, Some(25.0)), vec![1, 2, 4]);
+    }
+
+    #[test]
+    fn contention_measured_with_two_shards_bends_the_curve() {
+        // Two shards measured 1.6× one: σ = (2/1.6 − 1)/1 = 0.25.
+        let s = Scaling::measured(2, 1.6, "test".into()).unwrap();
+        assert!((s.contention - 0.25).abs() < 1e-12);
+        // The measured point is reproduced, and 4 shards get 4/(1 + 0.75).
+        assert!((base_rate(10.0, 2, s.contention, None).0 - 16.0).abs() < 1e-9);
+        assert!((base_rate(10.0, 4, s.contention, None).0 - 40.0 / 1.75).abs() < 1e-9);
+        // Noise above linear is linear; no gain at all is σ = 1, flat.
+        assert_eq!(
+            Scaling::measured(2, 2.3, "t".into()).unwrap().contention,
+            0.0
+        );
+        assert_eq!(
+            Scaling::measured(2, 0.9, "t".into()).unwrap().contention,
+            1.0
+        );
+        assert_eq!(base_rate(10.0, 8, 1.0, None).0, 10.0);
+        assert!(Scaling::measured(1, 1.0, "t".into()).is_none());
+        // σ = 0.25 tends to 40 rows/s: 1, 2, 4, 8, 16, 32 (36.6 → 64: 38.3, +4.6%).
+        assert_eq!(shard_counts(64, 10.0, 0.25, None), vec![1, 2, 4, 8, 16, 32]);
+        let mut i = inputs();
+        i.scaling = Some(s);
+        let f = forecast(&i);
+        assert_eq!(f.base[1].seconds, 1_100_000.0 / 16_000.0);
+        assert_eq!(f.base.len(), 6);
+        assert!(f.notes.iter().any(|n| n.contains("more than 32 shards")));
+        assert!(!f
+            .notes
+            .iter()
+            .any(|n| n.contains("assumed to scale linearly")));
     }
 
     #[test]

@@ -396,6 +396,13 @@ pub async fn run(cfg: Config, opts: WatermarkOptions) -> Result<WatermarkSummary
             cursor = Some(end);
             read += rows.len() as u64;
             dead_count += page_dead;
+            crate::metrics::committed_rows(
+                "diff",
+                &t.source,
+                rows.len() as u64,
+                &[("kafka", page_applied), ("hbase", page_applied)],
+                page_dead,
+            );
             *applied
                 .entry(t.source.clone())
                 .or_default()

@@ -299,6 +299,13 @@ pub(super) fn plan(r: &PlanReport) -> String {
             None => writeln!(w, "{what} {:>10} {unit} (not measured)", "-"),
         };
     }
+    if let Some(s) = &r.scaling {
+        let _ = writeln!(
+            w,
+            "scaling {:>9.2}× with {} shards (contention {:.2}; {})",
+            s.speedup, s.shards, s.contention, s.source
+        );
+    }
     if !f.base.is_empty() {
         let _ = writeln!(
             w,

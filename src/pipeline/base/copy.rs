@@ -86,19 +86,17 @@ pub(super) async fn worker(sh: Arc<Shared>, mut committer: Committer) -> Result<
 
 /// A committed chunk's counts in the Prometheus metrics.
 fn record_metrics(sh: &Shared, done: &ChunkDone) {
-    use crate::metrics::{inc, CHUNKS_DONE, ROWS_DEAD, ROWS_READ, ROWS_WRITTEN};
-    let table = done.table.as_str();
-    inc(&ROWS_READ, &["base", table], done.read);
-    for (on, target, n) in [
+    let written: Vec<(&str, u64)> = [
         (sh.opts.targets.kafka, "kafka", done.kafka),
         (sh.opts.targets.hbase, "hbase", done.hbase),
-    ] {
-        if on {
-            inc(&ROWS_WRITTEN, &["base", table, target], n);
-        }
-    }
-    inc(&ROWS_DEAD, &["base", table], done.dead);
-    inc(&CHUNKS_DONE, &[table], 1);
+    ]
+    .into_iter()
+    .filter(|(on, ..)| *on)
+    .map(|(_, target, n)| (target, n))
+    .collect();
+    let table = done.table.as_str();
+    crate::metrics::committed_rows("base", table, done.read, &written, done.dead);
+    crate::metrics::inc(&crate::metrics::CHUNKS_DONE, &[table], 1);
 }
 
 /// One chunk as a unit of work.

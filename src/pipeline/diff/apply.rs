@@ -176,14 +176,17 @@ impl Applier {
     /// A committed batch in the Prometheus metrics: per table, changes read,
     /// written (to both targets) and dead-lettered; the position and lag.
     fn record_metrics(&self, per_table: &BTreeMap<usize, (u64, u64)>) {
-        use crate::metrics::{inc, set, DIFF_LAG, ROWS_DEAD, ROWS_READ, ROWS_WRITTEN};
+        use crate::metrics::{committed_rows, set, DIFF_LAG};
         for (&t, &(read, dead)) in per_table {
             let table = self.schema[t].mapping.source.as_str();
-            inc(&ROWS_READ, &["diff", table], read);
-            for target in ["kafka", "hbase"] {
-                inc(&ROWS_WRITTEN, &["diff", table, target], read - dead);
-            }
-            inc(&ROWS_DEAD, &["diff", table], dead);
+            let written = read - dead;
+            committed_rows(
+                "diff",
+                table,
+                read,
+                &[("kafka", written), ("hbase", written)],
+                dead,
+            );
         }
         set(&DIFF_LAG, &[], self.last_lag_ms as f64 / 1000.0);
     }
