@@ -176,22 +176,43 @@ async fn base(args: BaseArgs) -> Result<i32> {
         &shard,
     )
     .await?;
-    let s = match base::run(cfg, opts).await {
-        Ok(BaseOutcome::Done(s)) => s,
-        Ok(BaseOutcome::Planned(_)) => return Err(Error::Other("a copy only planned".into())),
+    let work = async {
+        match base::run(cfg, opts).await? {
+            BaseOutcome::Done(s) => Ok(*s),
+            BaseOutcome::Planned(_) => Err(Error::Other("a copy only planned".into())),
+        }
+    };
+    let code = |s: &base::BaseSummary| {
+        if s.dead_lettered > 0 {
+            exit::DEAD_LETTERED
+        } else {
+            exit::OK
+        }
+    };
+    observed(obs, args.common.json, work, code, render::base).await
+}
+
+/// A phase run under its observer: metrics served while it runs, its report
+/// written when it ends (on failure too), its summary printed in words or
+/// JSON; the exit status `code` gives for the summary.
+async fn observed<S: serde::Serialize>(
+    obs: Observer,
+    json: bool,
+    work: impl std::future::Future<Output = Result<S>>,
+    code: impl FnOnce(&S) -> i32,
+    words: impl FnOnce(&S) -> String,
+) -> Result<i32> {
+    let s = match work.await {
+        Ok(s) => s,
         Err(e) => {
             obs.finish::<()>(Err(&e)).1.wait().await;
             return Err(e);
         }
     };
-    let code = if s.dead_lettered > 0 {
-        exit::DEAD_LETTERED
-    } else {
-        exit::OK
-    };
+    let code = code(&s);
     let (report, linger) = obs.finish(Ok((&s, outcome(code))));
-    let words = render::base(&s) + &report_line(report.as_ref());
-    render::emit(args.common.json, &words, &s);
+    let words = words(&s) + &report_line(report.as_ref());
+    render::emit(json, &words, &s);
     linger.wait().await;
     Ok(code)
 }
@@ -243,28 +264,21 @@ async fn verify(args: VerifyArgs) -> Result<i32> {
         "0/1",
     )
     .await?;
-    let s = match crate::verify::run(cfg, opts).await {
-        Ok(s) => s,
-        Err(e) => {
-            obs.finish::<()>(Err(&e)).1.wait().await;
-            return Err(e);
+    let repair = args.repair;
+    let code = move |s: &crate::verify::VerifySummary| {
+        let id_map_fixed = s
+            .id_map
+            .as_ref()
+            .is_none_or(|m| m.missing + m.extra + m.different == 0 || m.remaining == Some(0));
+        let fixed = repair && s.repair.as_ref().is_none_or(|r| r.remaining == 0) && id_map_fixed;
+        if s.identical || fixed {
+            exit::OK
+        } else {
+            exit::DIFFERENCES
         }
     };
-    let id_map_fixed = s
-        .id_map
-        .as_ref()
-        .is_none_or(|m| m.missing + m.extra + m.different == 0 || m.remaining == Some(0));
-    let fixed = args.repair && s.repair.as_ref().is_none_or(|r| r.remaining == 0) && id_map_fixed;
-    let code = if s.identical || fixed {
-        exit::OK
-    } else {
-        exit::DIFFERENCES
-    };
-    let (report, linger) = obs.finish(Ok((&s, outcome(code))));
-    let words = render::verify(&s) + &report_line(report.as_ref());
-    render::emit(args.common.json, &words, &s);
-    linger.wait().await;
-    Ok(code)
+    let work = crate::verify::run(cfg, opts);
+    observed(obs, args.common.json, work, code, render::verify).await
 }
 
 async fn diff(args: DiffArgs) -> Result<i32> {
@@ -288,25 +302,23 @@ async fn diff(args: DiffArgs) -> Result<i32> {
         "0/1",
     )
     .await?;
-    let s = match diff::run(cfg, opts).await {
-        Ok(s) => s,
-        Err(e) => {
-            obs.finish::<()>(Err(&e)).1.wait().await;
-            return Err(e);
+    let code = |s: &diff::DiffSummary| {
+        if s.stopped == "interrupted" && !s.follow {
+            exit::INTERRUPTED
+        } else if s.dead_lettered > 0 {
+            exit::DEAD_LETTERED
+        } else {
+            exit::OK
         }
     };
-    let code = if s.stopped == "interrupted" && !s.follow {
-        exit::INTERRUPTED
-    } else if s.dead_lettered > 0 {
-        exit::DEAD_LETTERED
-    } else {
-        exit::OK
-    };
-    let (report, linger) = obs.finish(Ok((&s, outcome(code))));
-    let words = render::diff(&s) + &report_line(report.as_ref());
-    render::emit(args.common.json, &words, &s);
-    linger.wait().await;
-    Ok(code)
+    observed(
+        obs,
+        args.common.json,
+        diff::run(cfg, opts),
+        code,
+        render::diff,
+    )
+    .await
 }
 
 async fn diff_watermark(args: DiffArgs) -> Result<i32> {
@@ -330,25 +342,17 @@ async fn diff_watermark(args: DiffArgs) -> Result<i32> {
         "0/1",
     )
     .await?;
-    let s = match watermark::run(cfg, opts).await {
-        Ok(s) => s,
-        Err(e) => {
-            obs.finish::<()>(Err(&e)).1.wait().await;
-            return Err(e);
+    let code = |s: &watermark::WatermarkSummary| {
+        if s.stopped == "interrupted" {
+            exit::INTERRUPTED
+        } else if s.dead_lettered > 0 {
+            exit::DEAD_LETTERED
+        } else {
+            exit::OK
         }
     };
-    let code = if s.stopped == "interrupted" {
-        exit::INTERRUPTED
-    } else if s.dead_lettered > 0 {
-        exit::DEAD_LETTERED
-    } else {
-        exit::OK
-    };
-    let (report, linger) = obs.finish(Ok((&s, outcome(code))));
-    let words = render::watermark(&s) + &report_line(report.as_ref());
-    render::emit(args.common.json, &words, &s);
-    linger.wait().await;
-    Ok(code)
+    let work = watermark::run(cfg, opts);
+    observed(obs, args.common.json, work, code, render::watermark).await
 }
 
 async fn plan(args: PlanArgs) -> Result<i32> {
