@@ -3,7 +3,7 @@
 # copy, then runs the real base (1 shard, then 2 shards side by side) on the
 # local stack and prints predicted vs actual and their ratio (aim: 0.75-1.25).
 #   scripts/bench-plan.sh [MESSAGES]     (default 300000)
-# Env: BENCH_WORKERS (default 4), BENCH_CALIBRATE rows (default: a tenth of
+# Env: BENCH_WORKERS (default 4), BENCH_CALIBRATE rows (default: a fifth of
 # the rows), BENCH_SKIP_GENERATE=1 to reuse the dataset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ if [[ "${BENCH_SKIP_GENERATE:-}" != 1 ]]; then
     target/release/falcon-fixtures generate --messages "$messages" --seed 42 >"$out/generate.json"
 fi
 rows=$("${admin[@]}" -N -B "$db" -e "SELECT (SELECT COUNT(*) FROM message)+(SELECT COUNT(*) FROM room)+(SELECT COUNT(*) FROM account)+(SELECT COUNT(*) FROM room_member)")
-calibrate="${BENCH_CALIBRATE:-$((rows / 10))}"
+calibrate="${BENCH_CALIBRATE:-$((rows / 5))}"
 
 config() { # config NAME -> path of a config with its own topics and tables
   local f="$out/$1.toml"
