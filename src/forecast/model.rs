@@ -194,8 +194,8 @@ pub fn catch_up_s(backlog: f64, apply: f64, incoming: f64) -> Option<f64> {
 }
 
 /// Shard counts 1, 2, 4, … up to `max` (and `max` itself), stopping after
-/// the first count the ceiling caps (more shards change nothing) or whose
-/// doubling would gain less than 5% (contention eats it).
+/// the first count the ceiling caps (more shards change nothing) or, from 2
+/// on, whose doubling would gain less than 5% (contention eats it).
 pub fn shard_counts(max: u32, per_shard: f64, sigma: f64, ceiling: Option<f64>) -> Vec<u32> {
     let mut out = Vec::new();
     let mut n = 1u32;
@@ -206,7 +206,7 @@ pub fn shard_counts(max: u32, per_shard: f64, sigma: f64, ceiling: Option<f64>) 
             break;
         }
         let next = n.saturating_mul(2).min(max);
-        if base_rate(per_shard, next, sigma, ceiling).0 < rate * WORTH_DOUBLING {
+        if n >= 2 && base_rate(per_shard, next, sigma, ceiling).0 < rate * WORTH_DOUBLING {
             break;
         }
         n = next;
@@ -427,6 +427,8 @@ mod tests {
             1.0
         );
         assert_eq!(base_rate(10.0, 8, 1.0, None).0, 10.0);
+        // No gain at all: 2 shards are still shown (the operator asks), not 4.
+        assert_eq!(shard_counts(64, 10.0, 1.0, None), vec![1, 2]);
         assert!(Scaling::measured(1, 1.0, "t".into()).is_none());
         // σ = 0.25 tends to 40 rows/s: 1, 2, 4, 8, 16, 32 (36.6 → 64: 38.3, +4.6%).
         assert_eq!(shard_counts(64, 10.0, 0.25, None), vec![1, 2, 4, 8, 16, 32]);
