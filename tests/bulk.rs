@@ -13,22 +13,29 @@ use falcon_migrate::pipeline::stage::region_of;
 use support::{assert_converged, Job};
 
 /// A load command that first runs HBase's HFile tool over every HFile it is
-/// given (its report in a file of its own under the returned folder: tables
-/// load side by side), then HBase's bulk-load tool.
+/// given (its report in a file of its own under the returned folder), then
+/// the shipped loader (all tables in one JVM) on the stack.
 fn checking_loader(job: &Job) -> (String, PathBuf) {
-    let stack = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stack.sh");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let stack = root.join("scripts/stack.sh");
+    let loader = root.join("scripts/hbase/BulkLoadTables.java");
     let log = job.dir.join("hfile-tool");
     let script = job.dir.join("check-and-load.sh");
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\nset -e\ndir=\"${{1#file://}}\"\nfiles=\"\"\n\
-             for f in \"$dir\"/*/*; do [ -f \"$f\" ] && files=\"$files file://$f\"; done\n\
+            "#!/bin/sh\nset -e\nfiles=\"\"\nn=0\n\
+             for a in \"$@\"; do\n  \
+             n=$((n + 1))\n  \
+             [ $((n % 2)) = 1 ] || continue\n  \
+             for f in \"${{a#file://}}\"/*/*; do [ -f \"$f\" ] && files=\"$files file://$f\"; done\n\
+             done\n\
              if [ -n \"$files\" ]; then\n  \
              mkdir -p {log}\n  \
              {stack} hbase-class org.apache.hadoop.hbase.io.hfile.HFile -v -m -k -f $files >{log}/$$.log 2>&1\nfi\n\
-             exec {stack} hbase-class org.apache.hadoop.hbase.tool.BulkLoadHFilesTool \"$@\"\n",
+             exec {stack} hbase-class {loader} \"$@\"\n",
             stack = stack.display(),
+            loader = loader.display(),
             log = log.display()
         ),
     )
@@ -271,5 +278,20 @@ async fn bulk_load_without_hbase_as_a_target_is_a_usage_error() {
     );
     let empty = job.base(&["--hbase-load", "bulk", "--bulk-load-command", " "]);
     assert_eq!(empty.code, 2, "{}", empty.stderr);
+    // A loader that is not there is found out before any copying.
+    let missing = job.base(&[
+        "--hbase-load",
+        "bulk",
+        "--bulk-load-command",
+        "/nonexistent/bulk-load-tables",
+    ]);
+    assert_eq!(missing.code, 2, "{}", missing.stderr);
+    assert!(
+        missing
+            .stderr
+            .contains("/nonexistent/bulk-load-tables is not an executable"),
+        "{}",
+        missing.stderr
+    );
     assert!(!job.state_dir.exists(), "nothing was started");
 }

@@ -165,11 +165,11 @@ pub struct BaseArgs {
     /// How HBase's cells get there: `put` (through the Thrift gateway, with each chunk) or `bulk` (sorted runs in the state dir with each chunk, then HFiles loaded by HBase's bulk-load tool at the end). A run keeps the mode it began with.
     #[arg(long, value_enum, default_value = "put")]
     pub hbase_load: HbaseLoadArg,
-    /// With `--hbase-load bulk`: the command that loads a table's HFiles, run with two more arguments, the HFiles' folder (a file:// URL) and the table.
+    /// With `--hbase-load bulk`: the command that loads the HFiles, run once with a `DIR TABLE` pair (a file:// URL and a table) for each table to load; a `loaded TABLE` line on its stdout records that table at once. `scripts/hbase/bulk-load-tables` loads them all in one JVM with HBase's bulk-load tool.
     #[arg(
         long,
         env = "FALCON_BULK_LOAD_COMMAND",
-        default_value = "hbase completebulkload"
+        default_value = "bulk-load-tables"
     )]
     pub bulk_load_command: String,
 }

@@ -156,6 +156,14 @@ async fn base(args: BaseArgs) -> Result<i32> {
                 if command.is_empty() {
                     return Err(Error::Usage("--bulk-load-command is empty".into()));
                 }
+                // Found now, not after hours of copying.
+                if !runnable(&command[0]) {
+                    return Err(Error::Usage(format!(
+                        "--bulk-load-command: {} is not an executable file (nor one on PATH); \
+                         see README \"Bulk load into HBase\" (scripts/hbase/bulk-load-tables)",
+                        command[0]
+                    )));
+                }
                 HbaseLoad::Bulk { command }
             }
         },
@@ -376,4 +384,17 @@ async fn plan(args: PlanArgs) -> Result<i32> {
     let report = crate::forecast::run(cfg, opts).await?;
     render::print(args.common.json, || render::plan(&report), &report);
     Ok(exit::OK)
+}
+
+/// Whether `prog` names an executable file, as a path or on `PATH`.
+fn runnable(prog: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let exec = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if prog.contains('/') {
+        return exec(std::path::Path::new(prog));
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| exec(&d.join(prog))))
 }

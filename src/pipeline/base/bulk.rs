@@ -11,9 +11,11 @@
 //!    passes) into HFiles (`sink::hbase::hfile`) under
 //!    `hfiles/<table>/<family>/`. Files are written beside, synced, then
 //!    renamed in; a table interrupted half-way is written again from its runs.
-//! 2. **Load**: HBase's bulk-load tool (`BulkLoadHFilesTool`, alias
-//!    `completebulkload`) is run on `hfiles/<table>` with the command given
-//!    by `--bulk-load-command`, for all tables at once. It moves the files into the regions; a load
+//! 2. **Load**: the command given by `--bulk-load-command` is run once, on
+//!    the `hfiles/<table> <table>` pairs of every table not loaded yet
+//!    (`scripts/hbase/BulkLoadTables.java` calls HBase's bulk-load tool,
+//!    `BulkLoadHFilesTool`, for each in one JVM). It moves the files into
+//!    the regions; a table it reports loaded is recorded at once, and a load
 //!    interrupted half-way is run again on the files still there. Cells keep
 //!    their source versions as timestamps, so loading a cell twice, or after
 //!    a newer write, changes nothing a reader sees.
@@ -120,29 +122,7 @@ impl Finish<'_> {
             loads.push(load);
         }
         let started = Instant::now();
-        // The tables load side by side: most of a load is the tool's start-up.
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = loads
-                .iter_mut()
-                .map(|load| {
-                    scope.spawn(move || -> Result<()> {
-                        let table = load.table.clone();
-                        match read_json::<TableLoad>(&self.state(&table, "loaded"))? {
-                            Some(l) => *load = l,
-                            None => {
-                                load.load_s = self.load(&table)?;
-                                write_json_atomic(&self.state(&table, "loaded"), &*load)?;
-                            }
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            handles.into_iter().try_for_each(|h| {
-                h.join()
-                    .map_err(|_| Error::Other("bulk load thread panicked".into()))?
-            })
-        })?;
+        self.load_all(&mut loads)?;
         let load_s = started.elapsed().as_secs_f64();
         // Everything is in HBase: the runs are no longer needed.
         for d in ["runs", "tmp"] {
@@ -267,24 +247,47 @@ impl Finish<'_> {
         Ok(load)
     }
 
-    /// Runs the bulk-load tool on the table's HFiles; returns its seconds.
-    fn load(&self, table: &str) -> Result<f64> {
-        let dir = self.table_dir(table);
-        let fam = dir.join(self.family);
-        let left = if fam.exists() { list(&fam)?.len() } else { 0 };
-        if left == 0 {
-            return Ok(0.0);
+    /// Loads every table not recorded as loaded yet with ONE run of the
+    /// load command (a JVM start is most of a table's load): its arguments
+    /// are `DIR TABLE` pairs, and a `loaded TABLE` line on its stdout records
+    /// that table at once, so a run killed half-way loads only the rest.
+    /// When the command succeeds every table it was given is recorded.
+    fn load_all(&self, loads: &mut [TableLoad]) -> Result<()> {
+        let mut pending = Vec::new();
+        for (i, load) in loads.iter_mut().enumerate() {
+            if let Some(l) = read_json::<TableLoad>(&self.state(&load.table, "loaded"))? {
+                *load = l;
+                continue;
+            }
+            let fam = self.table_dir(&load.table).join(self.family);
+            if fam.exists() && !list(&fam)?.is_empty() {
+                pending.push(i);
+            } else {
+                // Nothing (left) to load: an empty table, or loaded by a killed run.
+                load.load_s = 0.0;
+                write_json_atomic(&self.state(&load.table, "loaded"), &*load)?;
+            }
+        }
+        if pending.is_empty() {
+            return Ok(());
         }
         let (prog, args) = self
             .command
             .split_first()
             .ok_or_else(|| Error::Usage("--bulk-load-command is empty".into()))?;
-        let abs = std::fs::canonicalize(&dir).map_err(|e| cp_err(&dir, e))?;
-        let started = Instant::now();
-        tracing::info!(table, files = left, "bulk load: {}", self.command.join(" "));
         let mut cmd = std::process::Command::new(prog);
+        cmd.args(args);
+        for &i in &pending {
+            let dir = self.table_dir(&loads[i].table);
+            let abs = std::fs::canonicalize(&dir).map_err(|e| cp_err(&dir, e))?;
+            cmd.arg(format!("file://{}", abs.display()))
+                .arg(&loads[i].table);
+        }
+        let names: Vec<&str> = pending.iter().map(|&i| loads[i].table.as_str()).collect();
+        tracing::info!(tables = ?names, "bulk load: {}", self.command.join(" "));
         // A loader outliving a killed migrator would race the resumed
-        // run's loader for the same files: it dies with its parent.
+        // run's loader for the same files: it dies with its parent (this
+        // thread, which waits for it).
         // SAFETY: prctl is async-signal-safe and touches no memory of ours.
         unsafe {
             use std::os::unix::process::CommandExt;
@@ -295,26 +298,63 @@ impl Finish<'_> {
                 Ok(())
             });
         }
-        let out = cmd
-            .args(args)
-            .arg(format!("file://{}", abs.display()))
-            .arg(table)
+        let started = Instant::now();
+        let mut child = cmd
             .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| Error::Usage(format!("bulk load of {table}: cannot run {prog}: {e}")))?;
-        if !out.status.success() {
-            let text = String::from_utf8_lossy(&out.stderr);
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Usage(format!("bulk load: cannot run {prog}: {e}")))?;
+        // The last lines of stderr, for the error; read aside so a chatty
+        // loader never blocks on a full pipe.
+        let stderr = child.stderr.take().expect("piped");
+        let tail = std::thread::spawn(move || {
+            let mut last = std::collections::VecDeque::new();
+            for line in
+                std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(|l| l.ok())
+            {
+                if last.len() == 15 {
+                    last.pop_front();
+                }
+                last.push_back(line);
+            }
+            Vec::from(last).join("\n")
+        });
+        let stdout = child.stdout.take().expect("piped");
+        let mut left = pending.clone();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(|l| l.ok()) {
+            let Some(table) = line.trim().strip_prefix("loaded ") else {
+                continue;
+            };
+            if let Some(pos) = left.iter().position(|&i| loads[i].table == table) {
+                let i = left.remove(pos);
+                self.record_loaded(&mut loads[i], started)?;
+            }
+        }
+        let status = child
+            .wait()
+            .map_err(|e| Error::Other(format!("bulk load: {e}")))?;
+        let tail = tail.join().unwrap_or_default();
+        if !status.success() {
+            let names: Vec<&str> = left.iter().map(|&i| loads[i].table.as_str()).collect();
             return Err(Error::Other(format!(
-                "bulk load of {table} failed ({}): {}",
-                out.status,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                "bulk load of {} failed ({status}): {tail}",
+                names.join(", ")
             )));
         }
+        // A loader that reports nothing (HBase's own tool, one table) is done with all.
+        for i in left {
+            self.record_loaded(&mut loads[i], started)?;
+        }
+        Ok(())
+    }
+
+    fn record_loaded(&self, load: &mut TableLoad, started: Instant) -> Result<()> {
         failpoint::kill_after("load");
-        let s = started.elapsed().as_secs_f64();
-        tracing::info!(table, seconds = s, "bulk load done");
-        Ok(s)
+        load.load_s = started.elapsed().as_secs_f64();
+        write_json_atomic(&self.state(&load.table, "loaded"), &*load)?;
+        tracing::info!(table = load.table, seconds = load.load_s, "bulk load done");
+        Ok(())
     }
 }
 

@@ -19,8 +19,8 @@ use super::hfile::{self, compare_keys};
 #[derive(Default)]
 pub struct RunBuf {
     data: Vec<u8>,
-    /// Start of each record in `data`.
-    at: Vec<usize>,
+    /// Each record's row prefix (`hfile::row_prefix`) and start in `data`.
+    at: Vec<(u128, usize)>,
 }
 
 fn record_key(data: &[u8], at: usize) -> &[u8] {
@@ -43,11 +43,11 @@ impl RunBuf {
         self.data[at..at + 4].copy_from_slice(&kl.to_be_bytes());
         self.data[at + 4..at + 8].copy_from_slice(&(value.len() as u32).to_be_bytes());
         self.data.extend_from_slice(value);
-        self.at.push(at);
+        self.at.push((hfile::row_prefix(row), at));
     }
 
     pub fn bytes(&self) -> usize {
-        self.data.len() + self.at.len() * std::mem::size_of::<usize>()
+        self.data.len() + self.at.len() * std::mem::size_of::<(u128, usize)>()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -69,18 +69,31 @@ impl RunBuf {
         path: impl Fn(usize) -> PathBuf,
     ) -> io::Result<Vec<PathBuf>> {
         let data = &self.data;
-        self.at
-            .sort_unstable_by(|&a, &b| compare_keys(record_key(data, a), record_key(data, b)));
+        self.at.sort_unstable_by(|&(pa, a), &(pb, b)| {
+            pa.cmp(&pb)
+                .then_with(|| compare_keys(record_key(data, a), record_key(data, b)))
+        });
         let mut out = Vec::new();
         let mut cur: Option<(usize, BufWriter<File>)> = None;
-        let mut last: Option<usize> = None;
-        for &at in &self.at {
+        let mut last: Option<&[u8]> = None;
+        // The region of the last row: a row's cells are side by side.
+        let mut last_row: Option<(&[u8], usize)> = None;
+        for &(_, at) in &self.at {
             let key = record_key(data, at);
-            if last.is_some_and(|l| compare_keys(record_key(data, l), key) == Ordering::Equal) {
+            // Equal keys are equal bytes (one encoding per key).
+            if last == Some(key) {
                 continue;
             }
-            last = Some(at);
-            let r = region(hfile::split_key(key).0);
+            last = Some(key);
+            let row = hfile::key_row(key);
+            let r = match last_row {
+                Some((lr, r)) if lr == row => r,
+                _ => {
+                    let r = region(row);
+                    last_row = Some((row, r));
+                    r
+                }
+            };
             if cur.as_ref().is_none_or(|(cr, _)| *cr != r) {
                 if let Some((_, w)) = cur.take() {
                     finish(w)?;
@@ -189,7 +202,8 @@ impl Merge {
     pub fn for_each(mut self, mut f: impl FnMut(&[u8], &[u8]) -> io::Result<()>) -> io::Result<()> {
         while let Some(mut top) = self.heap.peek_mut() {
             let r = &mut top.reader;
-            if !self.started || compare_keys(&self.last, &r.key) != Ordering::Equal {
+            // Equal keys are equal bytes (one encoding per key).
+            if !self.started || self.last != r.key {
                 f(&r.key, &r.value)?;
                 self.last.clear();
                 self.last.extend_from_slice(&r.key);

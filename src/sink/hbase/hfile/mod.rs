@@ -81,13 +81,34 @@ pub fn split_key(k: &[u8]) -> (&[u8], &[u8], &[u8], i64, u8) {
     (row, family, qualifier, ts, k[k.len() - 1])
 }
 
+/// The row of an encoded key.
+pub fn key_row(k: &[u8]) -> &[u8] {
+    let rl = u16::from_be_bytes([k[0], k[1]]) as usize;
+    &k[2..2 + rl]
+}
+
+/// The first 16 bytes of a row, zero-padded, as a number: rows whose
+/// prefixes differ are ordered as their prefixes are (a row shorter than
+/// 16 bytes sorts before every longer row it begins), so a sort compares
+/// these first and whole keys only on a tie.
+pub fn row_prefix(row: &[u8]) -> u128 {
+    let mut p = [0u8; 16];
+    let n = row.len().min(16);
+    p[..n].copy_from_slice(&row[..n]);
+    u128::from_be_bytes(p)
+}
+
 /// HBase's cell order on encoded keys (`CellComparatorImpl`): row, family,
 /// qualifier ascending as unsigned bytes, then timestamp and type descending.
 pub fn compare_keys(a: &[u8], b: &[u8]) -> Ordering {
-    let (ar, af, aq, at, ay) = split_key(a);
-    let (br, bf, bq, bt, by) = split_key(b);
-    ar.cmp(br)
-        .then_with(|| af.cmp(bf))
+    // Rows decide most comparisons: the rest is parsed only for equal rows.
+    match key_row(a).cmp(key_row(b)) {
+        Ordering::Equal => {}
+        o => return o,
+    }
+    let (_, af, aq, at, ay) = split_key(a);
+    let (_, bf, bq, bt, by) = split_key(b);
+    af.cmp(bf)
         .then_with(|| aq.cmp(bq))
         .then_with(|| bt.cmp(&at))
         .then_with(|| by.cmp(&ay))

@@ -270,3 +270,27 @@ fn a_checksum_covers_header_and_data_in_16k_chunks() {
     let b = block(&file, 0);
     assert_eq!(b.on_disk, HEADER_SIZE + b.data.len() + 4 * 3);
 }
+
+#[test]
+fn row_prefixes_that_differ_order_rows_as_the_rows_do() {
+    let rows: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0],
+        vec![0, 0],
+        vec![1],
+        vec![1, 0xff],
+        vec![1; 16],
+        [vec![1; 16], vec![0]].concat(),
+        [vec![1; 16], vec![2]].concat(),
+        vec![0xff; 3],
+        vec![0xff; 20],
+    ];
+    for a in &rows {
+        for b in &rows {
+            let (pa, pb) = (row_prefix(a), row_prefix(b));
+            if pa != pb {
+                assert_eq!(pa.cmp(&pb), a.cmp(b), "{a:?} {b:?}");
+            }
+        }
+    }
+}
