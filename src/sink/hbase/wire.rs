@@ -745,11 +745,11 @@ mod tests {
 
     /// A reply to `getScannerRows` as the gateway sends it, written with the
     /// generated code: field 0 the rows, or field `error.0` the exception.
-    fn reply(
+    fn reply<E: TSerializable>(
         framed: bool,
         seq: i32,
         rows: &[TResult],
-        error: Option<(i16, &dyn TSerializable)>,
+        error: Option<(i16, &E)>,
     ) -> Vec<u8> {
         let mut body = Vec::new();
         {
@@ -832,7 +832,7 @@ mod tests {
             ),
         ];
         for framed in [false, true] {
-            let bytes = reply(framed, 7, &rows, None);
+            let bytes = reply::<TIOError>(framed, 7, &rows, None);
             let mut out = ScanRows::default();
             read_rows_reply(&mut bytes.as_slice(), framed, 7, &mut out).unwrap();
             let mut want = rows.clone();
@@ -851,13 +851,13 @@ mod tests {
             assert_eq!(first.cell(0).family, b"d");
 
             // The buffers are reused: a second, smaller reply replaces the first.
-            let bytes = reply(framed, 8, &rows[1..2], None);
+            let bytes = reply::<TIOError>(framed, 8, &rows[1..2], None);
             out.clear();
             read_rows_reply(&mut bytes.as_slice(), framed, 8, &mut out).unwrap();
             assert_eq!(decoded(&out), vec![rows[1].clone()]);
 
             // The end of a scan: no rows.
-            let bytes = reply(framed, 9, &[], None);
+            let bytes = reply::<TIOError>(framed, 9, &[], None);
             out.clear();
             read_rows_reply(&mut bytes.as_slice(), framed, 9, &mut out).unwrap();
             assert!(out.is_empty());
@@ -890,7 +890,7 @@ mod tests {
             None,
             None,
         )];
-        let bytes = reply(false, 3, &rows, None);
+        let bytes = reply::<TIOError>(false, 3, &rows, None);
         assert!(matches!(
             read_rows_reply(&mut bytes.as_slice(), false, 4, &mut out),
             Err(Reply::Remote(m, _)) if m.contains("expected 4")
