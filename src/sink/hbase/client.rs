@@ -330,11 +330,8 @@ impl HbaseClient {
             .map_err(err(format!("putMultiple {table}")))
     }
 
-    /// Writes rows encoded by [`super::wire::PutBuf`] in one call.
-    pub fn put_encoded(&mut self, table: &str, puts: &super::wire::PutBuf) -> Result<()> {
-        if puts.is_empty() {
-            return Ok(());
-        }
+    /// The hand-encoded connection (see `wire`), opened on first use.
+    fn raw(&mut self) -> Result<&mut super::wire::RawConn> {
         if self.raw.is_none() {
             let s = GatewayStream::open(&Dial {
                 addr: &self.addr,
@@ -345,8 +342,15 @@ impl HbaseClient {
             .map_err(|m| unreachable(&self.addr, m))?;
             self.raw = Some(super::wire::RawConn::new(s, self.framed));
         }
-        let raw = self.raw.as_mut().expect("connected above");
-        let r = raw.put_multiple(table, puts);
+        Ok(self.raw.as_mut().expect("connected above"))
+    }
+
+    /// Writes rows encoded by [`super::wire::PutBuf`] in one call.
+    pub fn put_encoded(&mut self, table: &str, puts: &super::wire::PutBuf) -> Result<()> {
+        if puts.is_empty() {
+            return Ok(());
+        }
+        let r = self.raw()?.put_multiple(table, puts);
         if r.is_err() {
             // The stream may be mid-message: never reuse it.
             self.raw = None;
@@ -388,14 +392,16 @@ impl HbaseClient {
             .map_err(err(format!("getMultiple {table}")))
     }
 
-    /// Scans `[start, stop)` calling `f` for each row, `batch` rows per round trip.
-    pub fn scan(
+    /// Scans `[start, stop)` calling `f` for each row, `batch` rows per
+    /// round trip (also the scanner's caching), decoded without the
+    /// generated code (see [`super::wire::ScanRows`]).
+    pub fn scan_rows(
         &mut self,
         table: &str,
         start: Option<Vec<u8>>,
         stop: Option<Vec<u8>>,
         batch: i32,
-        mut f: impl FnMut(TResult) -> Result<()>,
+        mut f: impl FnMut(super::wire::ScanRow<'_>) -> Result<()>,
     ) -> Result<u64> {
         // Every optional field unset: the generated Default fills some with
         // empty values (an empty filter string) that the gateway rejects.
@@ -419,25 +425,61 @@ impl HbaseClient {
             None,
             None,
         );
-        let id = self
-            .client
-            .open_scanner(table.as_bytes().to_vec(), scan)
-            .map_err(err(format!("openScanner {table}")))?;
+        let mut encoded = Vec::new();
+        {
+            use thrift::protocol::TSerializable;
+            let mut p = TBinaryOutputProtocol::new(&mut encoded, true);
+            scan.write_to_out_protocol(&mut p)
+                .map_err(err(format!("openScanner {table}")))?;
+        }
+        let id = match self.raw()?.open_scanner(table, &encoded) {
+            Ok(id) => id,
+            Err(e) => {
+                self.raw = None;
+                return Err(e);
+            }
+        };
+        let mut rows = super::wire::ScanRows::default();
         let mut n = 0u64;
-        let result = (|| loop {
-            let rows = self
-                .client
-                .get_scanner_rows(id, batch)
-                .map_err(err(format!("getScannerRows {table}")))?;
+        loop {
+            if let Err(e) = self.raw()?.scanner_rows(table, id, batch, &mut rows) {
+                // The stream may be mid-message (the scanner dies with it).
+                self.raw = None;
+                return Err(e);
+            }
             if rows.is_empty() {
-                return Ok(n);
+                break;
             }
-            for r in rows {
+            for r in rows.iter() {
                 n += 1;
-                f(r)?;
+                if let Err(e) = f(r) {
+                    self.close_scanner(id);
+                    return Err(e);
+                }
             }
-        })();
-        let _ = self.client.close_scanner(id);
-        result
+        }
+        self.close_scanner(id);
+        Ok(n)
+    }
+
+    /// Frees a scanner on the gateway (best effort: it expires anyway).
+    fn close_scanner(&mut self, id: i32) {
+        if let Some(raw) = self.raw.as_mut() {
+            if raw.close_scanner(id).is_err() {
+                self.raw = None;
+            }
+        }
+    }
+
+    /// [`HbaseClient::scan_rows`] with each row as the generated `TResult`.
+    pub fn scan(
+        &mut self,
+        table: &str,
+        start: Option<Vec<u8>>,
+        stop: Option<Vec<u8>>,
+        batch: i32,
+        mut f: impl FnMut(TResult) -> Result<()>,
+    ) -> Result<u64> {
+        self.scan_rows(table, start, stop, batch, |r| f(r.to_result()))
     }
 }
