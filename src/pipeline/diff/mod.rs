@@ -5,8 +5,14 @@
 //! - the reader (`source::binlog`) streams whole source transactions of the
 //!   mapped tables;
 //! - [`apply`]: changes → a [`batch::Batch`] of target writes, admitted by
-//!   the one admission rule, written by the shared committer with the marker
-//!   of the position after the batch; then the local checkpoint.
+//!   the one admission rule, written by the shared committer's pipeline with
+//!   the marker of the position after the batch (a batch's HBase writes
+//!   overlap the previous batch's Kafka commit); then the local checkpoint.
+//!
+//! A batch is cut at `--max-batch` changes, or when its changes arrived over
+//! more than `--max-batch-ms`: in a backlog the reader delivers a whole batch
+//! at once (large batches, throughput), while in steady state a batch holds
+//! what arrived during one write cycle, so the cycle and the lag stay short.
 //!
 //! A restart fences the old producer, reads the last committed marker, and
 //! resumes from the furthest of it and the local checkpoint: committed
@@ -26,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::clock::WriteClock;
-use super::commit::{Committer, HbaseLane, RetryPolicy};
+use super::commit::{Committer, HbaseLane, Pipeline, RetryPolicy};
 use crate::checkpoint::{dead, read_json, JsonlAppender, StateDir};
 use crate::config::{Config, EntityKind};
 use crate::error::{Error, Result};
@@ -42,6 +48,8 @@ pub struct DiffOptions {
     pub from: Option<Position>,
     pub follow: bool,
     pub max_batch: usize,
+    /// A batch takes no change that arrived this long after its first one.
+    pub max_batch_age: Duration,
     pub progress_every: Duration,
     pub retry: RetryPolicy,
 }
@@ -222,17 +230,19 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
 
     let (interrupted, stop) = super::on_interrupt("finishing the batch in hand");
     let dead_file = Arc::new(std::sync::Mutex::new(JsonlAppender::open(&dead_path)?));
-    let committer = Committer::new(
-        Some((
-            cfg.kafka.clone(),
-            begun.txn_id.clone(),
-            Some(begun.producer),
-        )),
-        Some(HbaseLane::new(&cfg.hbase, prepared.hbase)),
-        dead_file,
-        opts.retry,
-    )
-    .named("diff_batch");
+    let pipeline = Pipeline::new(
+        Committer::new(
+            Some((
+                cfg.kafka.clone(),
+                begun.txn_id.clone(),
+                Some(begun.producer),
+            )),
+            Some(HbaseLane::new(&cfg.hbase, prepared.hbase)),
+            dead_file,
+            opts.retry,
+        )
+        .named("diff_batch"),
+    );
     let checkpoint_path = state.diff_checkpoint(&opts.run_id);
     let mut a = apply::Applier {
         admission: Admission::new(rooms, cfg.kafka.message_max_bytes),
@@ -241,7 +251,7 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
         run_id: opts.run_id.clone(),
         marker_key: begun.marker_key.clone(),
         schema,
-        committer,
+        pipeline,
         floor_ms: begun.floor_ms,
         clock: WriteClock::restart(
             begun.clock_ms,
@@ -250,6 +260,7 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
         ),
         checkpoint_path: checkpoint_path.clone(),
         committed: (start.clone(), begun.skip),
+        pushed: (start.clone(), begun.skip),
         seen: (start.clone(), begun.skip),
         last_commit: Instant::now(),
         read: 0,
@@ -262,22 +273,41 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
     };
     let mut last_log = Instant::now();
     let result: Result<()> = async {
+        // A change read for a batch it arrived too late for: the next one's first.
+        let mut carry: Option<Item> = None;
         loop {
-            let first = tokio::select! {
-                it = rx.recv() => it,
-                _ = stop.notified() => None,
+            let first = match carry.take() {
+                Some(it) => Some(it),
+                None => tokio::select! {
+                    it = rx.recv() => it,
+                    _ = stop.notified() => None,
+                    // Nothing new: the batch whose commit is under way is recorded.
+                    _ = a.pipeline.commit_done(), if a.pipeline.committing() => {
+                        a.settle().await?;
+                        continue;
+                    }
+                },
             };
             let Some(first) = first else { break };
+            let mut opened = arrival(&first);
             let mut items = vec![first];
             let mut changes = item_changes(&items[0]);
             while changes < opts.max_batch && !is_part(items.last()) {
-                match rx.try_recv() {
-                    Ok(it) => {
-                        changes += item_changes(&it);
-                        items.push(it);
-                    }
+                let next = match rx.try_recv() {
+                    Ok(it) => it,
                     Err(_) => break,
+                };
+                let late = match (opened, arrival(&next)) {
+                    (Some(o), Some(t)) => t.saturating_duration_since(o) > opts.max_batch_age,
+                    _ => false,
+                };
+                if late {
+                    carry = Some(next);
+                    break;
                 }
+                opened = opened.or(arrival(&next));
+                changes += item_changes(&next);
+                items.push(next);
             }
             a.apply(items).await?;
             if last_log.elapsed() >= opts.progress_every {
@@ -294,10 +324,10 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
                 );
             }
         }
-        if a.seen > a.committed {
+        if a.seen > a.pushed {
             a.commit_position_only().await?;
         }
-        Ok(())
+        a.settle().await
     }
     .await;
     let was_interrupted = interrupted.load(Ordering::SeqCst);
@@ -345,7 +375,7 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
         },
         events_read: a.read,
         transactions: a.txs,
-        kafka_transactions: a.committer.commits,
+        kafka_transactions: a.pipeline.committer().commits,
         applied,
         applied_total,
         dead_lettered: a.dead_count,
@@ -411,6 +441,14 @@ async fn follow_binlog(
 /// A part of a large transaction ends its batch: one part, one Kafka transaction.
 fn is_part(it: Option<&Item>) -> bool {
     matches!(it, Some(Item::Tx(t)) if t.part.is_some())
+}
+
+/// When a source transaction was read from the binlog.
+fn arrival(it: &Item) -> Option<Instant> {
+    match it {
+        Item::Tx(t) => Some(t.received),
+        Item::Advanced(_) => None,
+    }
 }
 
 fn item_changes(it: &Item) -> usize {
