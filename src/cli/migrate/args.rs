@@ -295,9 +295,6 @@ pub enum DiffMode {
     Watermark,
 }
 
-/// `--max-batch-ms` when not given.
-pub const DEFAULT_MAX_BATCH_MS: u64 = 200;
-
 /// `--overlap` when `--mode watermark` is given without it.
 pub const DEFAULT_OVERLAP_S: u64 = 300;
 
@@ -328,9 +325,6 @@ pub struct DiffArgs {
     /// Most row changes per Kafka transaction (whole source transactions; a larger one goes alone).
     #[arg(long, default_value_t = 5000, value_parser = whole_number(1usize, None))]
     pub max_batch: usize,
-    /// Binlog mode: a batch takes no change that arrived more than this many milliseconds after its first one (a short write cycle keeps the lag short; a backlog still goes in batches of --max-batch) [default: 200].
-    #[arg(long, value_parser = whole_number(1u64, Some(60_000)))]
-    pub max_batch_ms: Option<u64>,
     /// Seconds between progress log lines.
     #[arg(long, default_value_t = 10, value_parser = whole_number(1u64, None))]
     pub progress_interval: u64,
@@ -374,9 +368,6 @@ impl DiffArgs {
             }
             DiffMode::Watermark if self.from.is_some() => Some(
                 "--from FILE:POS is a binlog position: with --mode watermark use --since UNIX_SECONDS",
-            ),
-            DiffMode::Watermark if self.max_batch_ms.is_some() => Some(
-                "--max-batch-ms is for the binlog mode: a watermark page is --max-batch rows",
             ),
             DiffMode::Watermark if self.follow => Some(
                 "--mode watermark has no --follow: run it repeatedly (each run re-reads --overlap seconds before its watermark)",
@@ -678,8 +669,6 @@ mod tests {
             (&["base", "--progress-interval", "0"], "--progress-interval"),
             (&["diff", "--progress-interval", "0"], "--progress-interval"),
             (&["diff", "--max-batch", "0"], "--max-batch"),
-            (&["diff", "--max-batch-ms", "0"], "--max-batch-ms"),
-            (&["diff", "--max-batch-ms", "60001"], "--max-batch-ms"),
             (&["base", "--shard", "3/3"], "--shard"),
             (&["verify", "--sample", "0"], "--sample"),
             (&["verify", "--sample", "100.5"], "--sample"),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::args::{
     BaseArgs, Command, CommonArgs, DiffArgs, DiffMode, HbaseLoadArg, PlanArgs, StatusArgs,
-    TargetArg, VerifyArgs, DEFAULT_MAX_BATCH_MS, DEFAULT_OVERLAP_S,
+    TargetArg, VerifyArgs, DEFAULT_OVERLAP_S,
 };
 use super::observe::{report_line, Observer};
 use super::render::{self, CheckReport};
@@ -277,7 +277,6 @@ async fn diff(args: DiffArgs) -> Result<i32> {
         from: args.from.clone(),
         follow: args.follow,
         max_batch: args.max_batch,
-        max_batch_age: Duration::from_millis(args.max_batch_ms.unwrap_or(DEFAULT_MAX_BATCH_MS)),
         progress_every: Duration::from_secs(args.progress_interval),
         retry: retry(args.retry_budget),
     };

@@ -9,11 +9,6 @@
 //!   the marker of the position after the batch (a batch's HBase writes
 //!   overlap the previous batch's Kafka commit); then the local checkpoint.
 //!
-//! A batch is cut at `--max-batch` changes, or when its changes arrived over
-//! more than `--max-batch-ms`: in a backlog the reader delivers a whole batch
-//! at once (large batches, throughput), while in steady state a batch holds
-//! what arrived during one write cycle, so the cycle and the lag stay short.
-//!
 //! A restart fences the old producer, reads the last committed marker, and
 //! resumes from the furthest of it and the local checkpoint: committed
 //! events are never sent twice, and HBase writes are idempotent.
@@ -48,8 +43,6 @@ pub struct DiffOptions {
     pub from: Option<Position>,
     pub follow: bool,
     pub max_batch: usize,
-    /// A batch takes no change that arrived this long after its first one.
-    pub max_batch_age: Duration,
     pub progress_every: Duration,
     pub retry: RetryPolicy,
 }
@@ -273,41 +266,27 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
     };
     let mut last_log = Instant::now();
     let result: Result<()> = async {
-        // A change read for a batch it arrived too late for: the next one's first.
-        let mut carry: Option<Item> = None;
         loop {
-            let first = match carry.take() {
-                Some(it) => Some(it),
-                None => tokio::select! {
-                    it = rx.recv() => it,
-                    _ = stop.notified() => None,
-                    // Nothing new: the batch whose commit is under way is recorded.
-                    _ = a.pipeline.commit_done(), if a.pipeline.committing() => {
-                        a.settle().await?;
-                        continue;
-                    }
-                },
+            let first = tokio::select! {
+                it = rx.recv() => it,
+                _ = stop.notified() => None,
+                // Nothing new: the batch whose commit is under way is recorded.
+                _ = a.pipeline.commit_done(), if a.pipeline.committing() => {
+                    a.settle().await?;
+                    continue;
+                }
             };
             let Some(first) = first else { break };
-            let mut opened = arrival(&first);
             let mut items = vec![first];
             let mut changes = item_changes(&items[0]);
             while changes < opts.max_batch && !is_part(items.last()) {
-                let next = match rx.try_recv() {
-                    Ok(it) => it,
+                match rx.try_recv() {
+                    Ok(it) => {
+                        changes += item_changes(&it);
+                        items.push(it);
+                    }
                     Err(_) => break,
-                };
-                let late = match (opened, arrival(&next)) {
-                    (Some(o), Some(t)) => t.saturating_duration_since(o) > opts.max_batch_age,
-                    _ => false,
-                };
-                if late {
-                    carry = Some(next);
-                    break;
                 }
-                opened = opened.or(arrival(&next));
-                changes += item_changes(&next);
-                items.push(next);
             }
             a.apply(items).await?;
             if last_log.elapsed() >= opts.progress_every {
@@ -441,14 +420,6 @@ async fn follow_binlog(
 /// A part of a large transaction ends its batch: one part, one Kafka transaction.
 fn is_part(it: Option<&Item>) -> bool {
     matches!(it, Some(Item::Tx(t)) if t.part.is_some())
-}
-
-/// When a source transaction was read from the binlog.
-fn arrival(it: &Item) -> Option<Instant> {
-    match it {
-        Item::Tx(t) => Some(t.received),
-        Item::Advanced(_) => None,
-    }
 }
 
 fn item_changes(it: &Item) -> usize {
