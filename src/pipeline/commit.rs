@@ -10,6 +10,18 @@
 //! 4. the unit's dead letters are appended and fsynced;
 //! 5. the progress marker is sent inside the same transaction, which commits.
 //!
+//! A [`Pipeline`] overlaps units: a unit's step 2 starts while the previous
+//! unit's commit (step 5) is still under way. Its HBase writes go out at once;
+//! its events are held until that commit has succeeded, and only then is its
+//! own transaction begun. So a unit's marker is sent only after every earlier
+//! unit committed and its own HBase writes were acknowledged: a marker never
+//! claims a position whose writes are not durable. A crash between the two
+//! leaves HBase ahead of the last marker, which is what a crash between steps
+//! 3 and 5 always left: the rerun replays from the marker (HBase writes are
+//! idempotent, and a replay stamps at or above the first attempt, see
+//! `pipeline::clock`). When the previous commit fails, the overlapped unit's
+//! writes are dropped, the previous unit is redone alone, then this one.
+//!
 //! A failure anywhere aborts the transaction and redoes the whole unit after a
 //! backoff (exponential, with jitter, within a time budget), as long as the
 //! error's [`Retry`] kind says another attempt can help. A fatal producer error
@@ -25,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::util::Timeout;
+use tokio::task::JoinHandle;
 
 pub use super::lane::{HbaseJob, HbaseLane};
 pub use super::retry::RetryPolicy;
@@ -43,9 +56,19 @@ pub struct Marker {
     pub payload: Vec<u8>,
 }
 
+/// An event held until the previous unit's transaction has committed.
+struct Held {
+    topic: String,
+    partition: Option<i32>,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+}
+
 /// The unit of work being written: its events, HBase jobs and dead letters.
 pub struct Unit<'a> {
     producer: Option<&'a TxProducer>,
+    /// Overlapped with the previous unit's commit: the events, held.
+    held: Option<Vec<Held>>,
     lane: Option<&'a mut HbaseLane>,
     stage: Option<&'a mut Stager>,
     dead: Vec<Vec<u8>>,
@@ -53,7 +76,7 @@ pub struct Unit<'a> {
 
 impl Unit<'_> {
     pub fn to_kafka(&self) -> bool {
-        self.producer.is_some()
+        self.producer.is_some() || self.held.is_some()
     }
 
     pub fn to_hbase(&self) -> bool {
@@ -67,6 +90,15 @@ impl Unit<'_> {
 
     /// Sends an event into the unit's transaction (no-op without Kafka).
     pub async fn send(&mut self, topic: &str, key: &[u8], payload: &[u8]) -> Result<()> {
+        if let Some(h) = self.held.as_mut() {
+            h.push(Held {
+                topic: topic.to_string(),
+                partition: None,
+                key: key.to_vec(),
+                payload: payload.to_vec(),
+            });
+            return Ok(());
+        }
         match self.producer {
             Some(p) => send(p, topic, key, payload).await,
             None => Ok(()),
@@ -81,6 +113,15 @@ impl Unit<'_> {
         key: &[u8],
         payload: &[u8],
     ) -> Result<()> {
+        if let Some(h) = self.held.as_mut() {
+            h.push(Held {
+                topic: topic.to_string(),
+                partition: Some(partition),
+                key: key.to_vec(),
+                payload: payload.to_vec(),
+            });
+            return Ok(());
+        }
         let Some(p) = self.producer else {
             return Ok(());
         };
@@ -121,6 +162,28 @@ struct KafkaSide {
     producer: Option<Arc<TxProducer>>,
 }
 
+/// A unit's Kafka commit under way while the next unit is written.
+struct Committing {
+    marker: Option<Marker>,
+    /// The commit: when it went through (Unix ms) and how long it took.
+    task: JoinHandle<Result<(u64, Duration)>>,
+    /// Its outcome, once observed by [`Committer::commit_done`].
+    outcome: Option<Result<(u64, Duration)>>,
+}
+
+/// Why an attempt failed: its own unit, or the previous unit's commit it
+/// overlapped (that unit must then be redone first).
+enum Failure {
+    Own(Error),
+    Previous(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::Own(e)
+    }
+}
+
 /// Writes units of work exactly once (see the module comment).
 pub struct Committer {
     kafka: Option<KafkaSide>,
@@ -130,6 +193,13 @@ pub struct Committer {
     policy: RetryPolicy,
     /// The marker of a commit whose outcome is unknown.
     unresolved: Option<Marker>,
+    /// The previous unit's commit, under way ([`Pipeline`] only).
+    flight: Option<Committing>,
+    /// When the unit of `flight` was seen committed (Unix ms), not yet
+    /// reported to the pipeline.
+    settled: Option<u64>,
+    /// A transaction was begun and has not committed (nor been aborted).
+    open: bool,
     /// Kafka transactions committed by this committer.
     pub commits: u64,
     /// What a unit is, for the metrics (`base_chunk`, `diff_batch`, ...).
@@ -156,6 +226,9 @@ impl Committer {
             dead,
             policy,
             unresolved: None,
+            flight: None,
+            settled: None,
+            open: false,
             commits: 0,
             unit: "unit",
         }
@@ -176,20 +249,44 @@ impl Committer {
     /// Writes `work` as one unit, retrying it within the budget; `what` names
     /// it in messages ("chunk 12 of message").
     pub async fn commit(&mut self, what: &str, work: &mut impl Work) -> Result<()> {
+        match self.run(what, work, false).await {
+            Ok(()) => Ok(()),
+            Err(Failure::Own(e) | Failure::Previous(e)) => Err(e),
+        }
+    }
+
+    /// The retry loop around [`Committer::attempt`]. `overlap`: the unit's
+    /// commit is left under way (in `flight`) when it returns.
+    async fn run(
+        &mut self,
+        what: &str,
+        work: &mut impl Work,
+        overlap: bool,
+    ) -> Result<(), Failure> {
         let mut attempt = 0u32;
         let mut first_failure: Option<Instant> = None;
         let started = Instant::now();
         loop {
             attempt += 1;
-            let e = match self.attempt(work).await {
+            let (e, previous) = match self.attempt(work, overlap).await {
                 Ok(()) => {
                     metrics::observe(&metrics::UNIT_SECONDS, &[self.unit], started.elapsed());
                     return Ok(());
                 }
-                Err(e) => self.fenced_or(e),
+                Err(Failure::Own(e)) => (e, false),
+                Err(Failure::Previous(e)) => (e, true),
             };
+            // A commit still under way ends before anything is aborted.
+            let (e, previous) = match self.settle().await {
+                Err(pe) => (pe, true),
+                Ok(()) => (e, previous),
+            };
+            let e = self.fenced_or(e);
             let step = next_step(&e);
             self.recover(&e, step).await;
+            if previous && !matches!(step, Next::Stop) {
+                return Err(Failure::Previous(e));
+            }
             let since = *first_failure.get_or_insert_with(Instant::now);
             let wait = self.policy.delay(attempt);
             match step {
@@ -199,22 +296,69 @@ impl Committer {
                     tokio::time::sleep(wait).await;
                 }
                 Next::Redo { .. } => {
-                    return Err(Error::Other(format!(
+                    return Err(Failure::Own(Error::Other(format!(
                         "{what}: gave up after {attempt} attempts in {:.0?} (retry budget {:?}): {e}",
                         since.elapsed(),
                         self.policy.budget
-                    )))
+                    ))))
                 }
                 Next::Stop if e.retry() == Retry::Fenced => {
-                    return Err(Error::Other(format!(
+                    return Err(Failure::Own(Error::Other(format!(
                         "{what}: another process took over this run's Kafka transactional id ({}); \
                          two processes of the same run and shard must not run at once — this one stops: {e}",
                         self.kafka.as_ref().map_or("", |k| k.tx_id.as_str())
-                    )))
+                    ))))
                 }
-                Next::Stop => return Err(e),
+                Next::Stop => return Err(Failure::Own(e)),
             }
         }
+    }
+
+    /// Waits for the commit under way, if any. It went through: `settled`
+    /// says when. It failed: the error (the outcome unknown: its marker is
+    /// read back before anything is sent again).
+    async fn settle(&mut self) -> Result<()> {
+        self.commit_done().await;
+        let Some(f) = self.flight.take() else {
+            return Ok(());
+        };
+        match f.outcome.expect("commit_done observed the outcome") {
+            Ok((at_ms, took)) => {
+                metrics::observe(&metrics::KAFKA_COMMIT_SECONDS, &[self.unit], took);
+                self.open = false;
+                self.count_commit();
+                self.settled = Some(at_ms);
+                Ok(())
+            }
+            Err(e) => Err(self.commit_failed(e, f.marker)),
+        }
+    }
+
+    /// Returns once the commit under way (if any) has ended; cancel-safe.
+    async fn commit_done(&mut self) {
+        if let Some(f) = self.flight.as_mut() {
+            if f.outcome.is_none() {
+                let r = (&mut f.task)
+                    .await
+                    .unwrap_or_else(|e| Err(Error::Other(format!("Kafka commit task: {e}"))));
+                f.outcome = Some(r);
+            }
+        }
+    }
+
+    /// A commit that failed after its marker was sent may have gone through.
+    fn commit_failed(&mut self, e: Error, marker: Option<Marker>) -> Error {
+        if e.retry() == Retry::Fenced || e.retry() == Retry::Abort || marker.is_none() {
+            return e;
+        }
+        self.unresolved = marker;
+        Error::kafka(
+            "commit",
+            crate::error::KafkaCause::new(
+                format!("outcome unknown ({e}); resolving from the marker"),
+                Retry::Rebuild,
+            ),
+        )
     }
 
     /// A producer in a fatal state reports later calls as `_FATAL`; its first
@@ -237,9 +381,11 @@ impl Committer {
         }
     }
 
-    /// After a failed attempt: the transaction is aborted (or the producer
-    /// dropped, to be made anew) and the HBase connection reset.
+    /// After a failed attempt (no commit under way any more): the
+    /// transaction is aborted (or the producer dropped, to be made anew) and
+    /// the HBase connection reset.
     async fn recover(&mut self, e: &Error, step: Next) {
+        debug_assert!(self.flight.is_none(), "recover with a commit under way");
         if let Some(l) = self.lane.as_mut() {
             l.reset().await;
         }
@@ -255,14 +401,16 @@ impl Committer {
             return;
         }
         let rebuild = matches!(step, Next::Redo { rebuild: true });
+        let open = std::mem::take(&mut self.open);
         if let Some(p) = k.producer.clone() {
             let aborted = !rebuild
-                && blocking(move || {
-                    p.abort_transaction(Timeout::After(Duration::from_secs(30)))
-                        .map_err(|e| Error::kafka("abort", e))
-                })
-                .await
-                .is_ok();
+                && (!open
+                    || blocking(move || {
+                        p.abort_transaction(Timeout::After(Duration::from_secs(30)))
+                            .map_err(|e| Error::kafka("abort", e))
+                    })
+                    .await
+                    .is_ok());
             if !aborted {
                 k.producer = None;
             }
@@ -274,7 +422,7 @@ impl Committer {
         metrics::inc(&metrics::KAFKA_TXNS, &[self.unit], 1);
     }
 
-    async fn attempt(&mut self, work: &mut impl Work) -> Result<()> {
+    async fn attempt(&mut self, work: &mut impl Work, overlap: bool) -> Result<(), Failure> {
         let producer = match self.kafka.as_mut() {
             None => None,
             Some(k) => {
@@ -298,19 +446,57 @@ impl Committer {
             }
             self.unresolved = None;
         }
-        if let Some(p) = &producer {
+        // The previous unit still committing: this unit's HBase writes go out
+        // now, its events wait for that commit.
+        let overlapped = self.flight.is_some();
+        if let (Some(p), false) = (&producer, overlapped) {
             p.begin_transaction()
                 .map_err(|e| Error::kafka("begin transaction", e))?;
+            self.open = true;
         }
         let mut unit = Unit {
-            producer: producer.as_deref(),
+            producer: if overlapped {
+                None
+            } else {
+                producer.as_deref()
+            },
+            held: overlapped.then(Vec::new),
             lane: self.lane.as_mut(),
             stage: self.stage.as_mut(),
             dead: Vec::new(),
         };
         let marker = work.write(&mut unit).await?;
         let dead = std::mem::take(&mut unit.dead);
+        let held = unit.held.take();
         drop(unit);
+        if let Some(held) = held {
+            #[cfg(feature = "failpoints")]
+            if super::failpoint::reached("overlap") {
+                if let Some(l) = self.lane.as_mut() {
+                    l.wait().await?;
+                }
+                super::failpoint::kill("overlap");
+            }
+            self.settle().await.map_err(Failure::Previous)?;
+            if let Some(p) = &producer {
+                p.begin_transaction()
+                    .map_err(|e| Error::kafka("begin transaction", e))?;
+                self.open = true;
+                let mut unit = Unit {
+                    producer: Some(p),
+                    held: None,
+                    lane: None,
+                    stage: None,
+                    dead: Vec::new(),
+                };
+                for h in held {
+                    match h.partition {
+                        Some(part) => unit.send_to(&h.topic, part, &h.key, &h.payload)?,
+                        None => unit.send(&h.topic, &h.key, &h.payload).await?,
+                    }
+                }
+            }
+        }
         if let Some(l) = self.lane.as_mut() {
             l.wait().await?;
         }
@@ -334,9 +520,23 @@ impl Committer {
             send(&p, &k.cfg.progress_topic, m.key.as_bytes(), &m.payload).await?;
         }
         let budget = self.policy.budget;
+        if overlap {
+            let task = tokio::spawn(async move {
+                let t0 = Instant::now();
+                commit_transaction(&p, budget).await?;
+                Ok((crate::pipeline::base::now_ms(), t0.elapsed()))
+            });
+            self.flight = Some(Committing {
+                marker,
+                task,
+                outcome: None,
+            });
+            return Ok(());
+        }
         let committing = Instant::now();
         match commit_transaction(&p, budget).await {
             Ok(()) => {
+                self.open = false;
                 metrics::observe(
                     &metrics::KAFKA_COMMIT_SECONDS,
                     &[self.unit],
@@ -345,22 +545,95 @@ impl Committer {
                 self.count_commit();
                 Ok(())
             }
-            Err(e) => {
-                if e.retry() != Retry::Fenced && e.retry() != Retry::Abort {
-                    // Sent, then failed or timed out: it may have gone through.
-                    self.unresolved = marker;
-                    if self.unresolved.is_some() {
-                        return Err(Error::kafka(
-                            "commit",
-                            crate::error::KafkaCause::new(
-                                format!("outcome unknown ({e}); resolving from the marker"),
-                                Retry::Rebuild,
-                            ),
-                        ));
-                    }
+            Err(e) => Err(Failure::Own(self.commit_failed(e, marker))),
+        }
+    }
+}
+
+/// Units written in order through one [`Committer`], each one's HBase writes
+/// overlapping the previous one's Kafka commit (see the module comment).
+/// A unit is reported committed — and only then may its caller record it
+/// locally — once its transaction is known to have committed.
+pub struct Pipeline<W> {
+    committer: Committer,
+    /// The unit whose commit is (or was last) under way, and its name.
+    previous: Option<(String, W)>,
+}
+
+impl<W: Work> Pipeline<W> {
+    pub fn new(committer: Committer) -> Pipeline<W> {
+        Pipeline {
+            committer,
+            previous: None,
+        }
+    }
+
+    pub fn committer(&self) -> &Committer {
+        &self.committer
+    }
+
+    /// Whether a unit's commit is under way.
+    pub fn committing(&self) -> bool {
+        self.previous.is_some()
+    }
+
+    /// Writes `work`, leaving its commit under way. Returns the units now
+    /// known committed (the previous one, normally), oldest first, each with
+    /// when it was seen committed (Unix ms).
+    pub async fn push(&mut self, what: String, mut work: W) -> Result<Vec<(W, u64)>> {
+        let mut done = Vec::new();
+        loop {
+            match self.committer.run(&what, &mut work, true).await {
+                Ok(()) => break,
+                Err(Failure::Own(e)) => return Err(e),
+                Err(Failure::Previous(e)) => {
+                    let (prev_what, mut prev) = self.previous.take().expect("a previous unit");
+                    tracing::warn!("redoing {prev_what}, then {what}: {e}");
+                    self.committer.commit(&prev_what, &mut prev).await?;
+                    done.push((prev, crate::pipeline::base::now_ms()));
                 }
-                Err(e)
             }
+        }
+        // A successful unit saw every earlier commit through.
+        self.collect(&mut done);
+        if self.committer.flight.is_some() {
+            self.previous = Some((what, work));
+        } else {
+            done.push((work, crate::pipeline::base::now_ms()));
+        }
+        Ok(done)
+    }
+
+    /// Waits for the commit under way (redoing its unit if it failed): the
+    /// units now known committed.
+    pub async fn finish(&mut self) -> Result<Vec<(W, u64)>> {
+        let mut done = Vec::new();
+        if let Err(e) = self.committer.settle().await {
+            let e = self.committer.fenced_or(e);
+            let step = next_step(&e);
+            self.committer.recover(&e, step).await;
+            let (what, mut prev) = self.previous.take().expect("a previous unit");
+            if matches!(step, Next::Stop) {
+                return Err(Error::Other(format!("{what}: {e}")));
+            }
+            tracing::warn!("redoing {what}: {e}");
+            self.committer.commit(&what, &mut prev).await?;
+            done.push((prev, crate::pipeline::base::now_ms()));
+        }
+        self.collect(&mut done);
+        Ok(done)
+    }
+
+    /// Returns once the commit under way has ended (cancel-safe: for a
+    /// `select!` with the next unit's arrival).
+    pub async fn commit_done(&mut self) {
+        self.committer.commit_done().await;
+    }
+
+    fn collect(&mut self, done: &mut Vec<(W, u64)>) {
+        let at = self.committer.settled.take();
+        if let Some((_, w)) = self.previous.take() {
+            done.push((w, at.unwrap_or_else(crate::pipeline::base::now_ms)));
         }
     }
 }

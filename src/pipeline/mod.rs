@@ -7,6 +7,7 @@ pub mod base;
 pub mod clock;
 pub mod commit;
 pub mod diff;
+pub(crate) mod failpoint;
 pub mod lane;
 pub mod retry;
 pub mod runlog;

@@ -350,7 +350,7 @@ impl Finish<'_> {
     }
 
     fn record_loaded(&self, load: &mut TableLoad, started: Instant) -> Result<()> {
-        failpoint::kill_after("load");
+        crate::pipeline::failpoint::kill_after("load");
         load.load_s = started.elapsed().as_secs_f64();
         write_json_atomic(&self.state(&load.table, "loaded"), &*load)?;
         tracing::info!(table = load.table, seconds = load.load_s, "bulk load done");
@@ -408,7 +408,7 @@ impl RegionFiles<'_> {
         self.load.hfiles += 1;
         self.load.cells += stats.entries;
         self.load.hfile_bytes += stats.bytes;
-        failpoint::kill_after("hfile");
+        crate::pipeline::failpoint::kill_after("hfile");
         Ok(())
     }
 }
@@ -460,36 +460,4 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>> {
         .map_err(|e| cp_err(dir, e))?;
     v.sort();
     Ok(v)
-}
-
-/// `FALCON_FAILPOINT=kill-after:hfile:N` (the Nth HFile written) or
-/// `kill-after:load:N` (the Nth table loaded, before it is recorded): the
-/// process kills itself with SIGKILL there, as a crash would.
-mod failpoint {
-    #[cfg(feature = "failpoints")]
-    pub fn kill_after(site: &str) {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static HFILE: AtomicU64 = AtomicU64::new(0);
-        static LOAD: AtomicU64 = AtomicU64::new(0);
-        let n = match site {
-            "hfile" => &HFILE,
-            _ => &LOAD,
-        }
-        .fetch_add(1, Ordering::SeqCst)
-            + 1;
-        let at = std::env::var("FALCON_FAILPOINT").ok().and_then(|v| {
-            let (s, k) = v.strip_prefix("kill-after:")?.split_once(':')?;
-            (s == site).then(|| k.parse::<u64>().ok()).flatten()
-        });
-        if at == Some(n) {
-            tracing::warn!("failpoint: killed after {site} {n}");
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &std::process::id().to_string()])
-                .status();
-            std::thread::sleep(std::time::Duration::from_secs(60));
-        }
-    }
-
-    #[cfg(not(feature = "failpoints"))]
-    pub fn kill_after(_site: &str) {}
 }

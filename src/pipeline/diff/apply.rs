@@ -1,7 +1,9 @@
 //! Row changes → a [`Batch`]: each binlog change is admitted by the one
 //! admission rule and turned into the writes that bring both targets to the
-//! row's new state; then the committer writes the batch with the marker of
-//! the position after it, and only then is the local checkpoint rewritten.
+//! row's new state; then the committer's pipeline writes the batch with the
+//! marker of the position after it (its HBase writes overlapping the previous
+//! batch's Kafka commit), and only once its commit is known to have gone
+//! through is the local checkpoint rewritten.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::mapping::{self, Admission, MapContext};
 use crate::pipeline::base::now_ms;
 use crate::pipeline::clock::WriteClock;
-use crate::pipeline::commit::{Committer, Marker};
+use crate::pipeline::commit::{Marker, Pipeline, Unit, Work};
 use crate::position::Position;
 use crate::sink::kafka::event;
 use crate::source::binlog::{Item, Op, RowChange, SourceTx, TableSchema};
@@ -31,7 +33,7 @@ pub(super) struct Applier {
     pub(super) schema: std::sync::Arc<Vec<TableSchema>>,
     pub(super) admission: Admission,
     pub(super) pool: sqlx::mysql::MySqlPool,
-    pub(super) committer: Committer,
+    pub(super) pipeline: Pipeline<Pending>,
     pub(super) floor_ms: u64,
     /// The HBase timestamp of every change (see `pipeline::clock`).
     pub(super) clock: WriteClock,
@@ -39,6 +41,9 @@ pub(super) struct Applier {
     /// The checkpoint: a position, and changes of the transaction there
     /// already applied (non-zero only inside a transaction applied in parts).
     pub(super) committed: (Position, u64),
+    /// The end of the last batch handed to the pipeline (its commit may
+    /// still be under way).
+    pub(super) pushed: (Position, u64),
     pub(super) seen: (Position, u64),
     pub(super) last_commit: Instant,
     // Counters of this invocation.
@@ -95,11 +100,10 @@ impl Applier {
         }
     }
 
-    fn marker(&self, position: &(Position, u64)) -> Result<Marker> {
+    fn marker(&self, checkpoint: &Checkpoint) -> Result<Marker> {
         Ok(Marker {
             key: self.marker_key.clone(),
-            payload: serde_json::to_vec(&self.checkpoint_at(position))
-                .map_err(|e| Error::Other(e.to_string()))?,
+            payload: serde_json::to_vec(checkpoint).map_err(|e| Error::Other(e.to_string()))?,
         })
     }
 
@@ -115,7 +119,7 @@ impl Applier {
             }
         }
         if txs.is_empty() {
-            if self.seen > self.committed && self.last_commit.elapsed() >= IDLE_COMMIT {
+            if self.seen > self.pushed && self.last_commit.elapsed() >= IDLE_COMMIT {
                 self.commit_position_only().await?;
             }
             return Ok(());
@@ -144,32 +148,76 @@ impl Applier {
             // The marker records the batch's lag as of its sending.
             self.last_lag_ms = now_ms().saturating_sub(u64::from(last.ts_s) * 1000);
         }
-        batch.marker = Some(self.marker(&end)?);
-        let what = format!("the diff batch ending at {}", show(&end));
-        let r = self.committer.commit(&what, &mut batch).await;
-        r.map_err(|e| match e {
+        let pending = Pending {
+            checkpoint: self.checkpoint_at(&end),
+            end,
+            batch,
+            txs: txs
+                .iter()
+                .map(|t| (t.changes.len() as u64, t.ts_s, t.received))
+                .collect(),
+            applied,
+            dead,
+            per_table,
+        };
+        drop(txs);
+        self.push(pending).await
+    }
+
+    /// Hands a batch to the pipeline, then records the batches now committed.
+    async fn push(&mut self, mut pending: Pending) -> Result<()> {
+        pending.batch.marker = Some(self.marker(&pending.checkpoint)?);
+        let what = match pending.txs.is_empty() {
+            true => format!("the diff position {}", show(&pending.end)),
+            false => format!("the diff batch ending at {}", show(&pending.end)),
+        };
+        self.pushed = pending.end.clone();
+        let done = self.pipeline.push(what, pending).await;
+        self.committed_all(done)
+    }
+
+    /// Waits for the batch whose commit is under way, and records it.
+    pub(super) async fn settle(&mut self) -> Result<()> {
+        let done = self.pipeline.finish().await;
+        self.committed_all(done)
+    }
+
+    fn committed_all(&mut self, done: Result<Vec<(Pending, u64)>>) -> Result<()> {
+        let done = done.map_err(|e| match e {
             Error::Interrupted => e,
             e => Error::Other(format!(
                 "{e} (checkpoint stays at {})",
                 show(&self.committed)
             )),
         })?;
-        self.checkpoint(end)?;
-        let now = now_ms();
-        for t in &txs {
-            let n = t.changes.len() as u64;
-            let lag = now.saturating_sub(u64::from(t.ts_s) * 1000);
-            self.lag.add(lag, n);
-            self.latency.add(t.received.elapsed().as_millis() as u64, n);
+        for (p, at_ms) in done {
+            self.committed(p, at_ms)?;
+        }
+        Ok(())
+    }
+
+    /// A batch whose Kafka transaction committed at `at_ms`: the local
+    /// checkpoint, the counters, the lag.
+    fn committed(&mut self, p: Pending, at_ms: u64) -> Result<()> {
+        let mut cp = p.checkpoint;
+        cp.committed_ms = at_ms;
+        self.checkpoint(p.end, &cp)?;
+        // How long ago, on the monotonic clock, the commit was seen.
+        let since = now_ms().saturating_sub(at_ms);
+        for (n, ts_s, received) in &p.txs {
+            let lag = at_ms.saturating_sub(u64::from(*ts_s) * 1000);
+            self.lag.add(lag, *n);
+            let waited = (received.elapsed().as_millis() as u64).saturating_sub(since);
+            self.latency.add(waited, *n);
             self.last_lag_ms = lag;
         }
-        self.txs += txs.len() as u64;
-        self.read += txs.iter().map(|t| t.changes.len() as u64).sum::<u64>();
-        for k in applied {
+        self.txs += p.txs.len() as u64;
+        self.read += p.txs.iter().map(|t| t.0).sum::<u64>();
+        for k in p.applied {
             *self.applied.entry(k).or_default() += 1;
         }
-        self.dead_count += dead;
-        self.record_metrics(&per_table);
+        self.dead_count += p.dead;
+        self.record_metrics(&p.per_table);
         Ok(())
     }
 
@@ -304,8 +352,8 @@ impl Applier {
         Ok(Ok(label))
     }
 
-    fn checkpoint(&mut self, end: (Position, u64)) -> Result<()> {
-        write_json_atomic(&self.checkpoint_path, &self.checkpoint_at(&end))?;
+    fn checkpoint(&mut self, end: (Position, u64), cp: &Checkpoint) -> Result<()> {
+        write_json_atomic(&self.checkpoint_path, cp)?;
         if let Position::Binlog { file, offset, .. } = &end.0 {
             use crate::metrics::{set, DIFF_FILE, DIFF_LAST_BATCH, DIFF_OFFSET};
             let index = file.rsplit('.').next().and_then(|n| n.parse::<f64>().ok());
@@ -321,11 +369,36 @@ impl Applier {
     /// Records a position reached with nothing mapped to apply.
     pub(super) async fn commit_position_only(&mut self) -> Result<()> {
         let end = self.with_gtid(self.seen.clone()).await;
-        let mut batch = Batch::default();
-        batch.marker = Some(self.marker(&end)?);
-        let what = format!("the diff position {}", show(&end));
-        self.committer.commit(&what, &mut batch).await?;
-        self.checkpoint(end)
+        let pending = Pending {
+            checkpoint: self.checkpoint_at(&end),
+            end,
+            batch: Batch::default(),
+            txs: Vec::new(),
+            applied: Vec::new(),
+            dead: 0,
+            per_table: BTreeMap::new(),
+        };
+        self.last_commit = Instant::now();
+        self.push(pending).await
+    }
+}
+
+/// A batch handed to the pipeline, with what is recorded once it committed.
+pub(super) struct Pending {
+    batch: Batch,
+    /// The position after the batch, and its checkpoint (the marker's payload).
+    end: (Position, u64),
+    checkpoint: Checkpoint,
+    /// Per source transaction: changes, commit time (s), arrival.
+    txs: Vec<(u64, u32, Instant)>,
+    applied: Vec<(usize, &'static str)>,
+    dead: u64,
+    per_table: BTreeMap<usize, (u64, u64)>,
+}
+
+impl Work for Pending {
+    async fn write(&mut self, unit: &mut Unit<'_>) -> Result<Option<Marker>> {
+        self.batch.write(unit).await
     }
 }
 

@@ -5,8 +5,9 @@
 //! - the reader (`source::binlog`) streams whole source transactions of the
 //!   mapped tables;
 //! - [`apply`]: changes → a [`batch::Batch`] of target writes, admitted by
-//!   the one admission rule, written by the shared committer with the marker
-//!   of the position after the batch; then the local checkpoint.
+//!   the one admission rule, written by the shared committer's pipeline with
+//!   the marker of the position after the batch (a batch's HBase writes
+//!   overlap the previous batch's Kafka commit); then the local checkpoint.
 //!
 //! A restart fences the old producer, reads the last committed marker, and
 //! resumes from the furthest of it and the local checkpoint: committed
@@ -26,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::clock::WriteClock;
-use super::commit::{Committer, HbaseLane, RetryPolicy};
+use super::commit::{Committer, HbaseLane, Pipeline, RetryPolicy};
 use crate::checkpoint::{dead, read_json, JsonlAppender, StateDir};
 use crate::config::{Config, EntityKind};
 use crate::error::{Error, Result};
@@ -222,17 +223,19 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
 
     let (interrupted, stop) = super::on_interrupt("finishing the batch in hand");
     let dead_file = Arc::new(std::sync::Mutex::new(JsonlAppender::open(&dead_path)?));
-    let committer = Committer::new(
-        Some((
-            cfg.kafka.clone(),
-            begun.txn_id.clone(),
-            Some(begun.producer),
-        )),
-        Some(HbaseLane::new(&cfg.hbase, prepared.hbase)),
-        dead_file,
-        opts.retry,
-    )
-    .named("diff_batch");
+    let pipeline = Pipeline::new(
+        Committer::new(
+            Some((
+                cfg.kafka.clone(),
+                begun.txn_id.clone(),
+                Some(begun.producer),
+            )),
+            Some(HbaseLane::new(&cfg.hbase, prepared.hbase)),
+            dead_file,
+            opts.retry,
+        )
+        .named("diff_batch"),
+    );
     let checkpoint_path = state.diff_checkpoint(&opts.run_id);
     let mut a = apply::Applier {
         admission: Admission::new(rooms, cfg.kafka.message_max_bytes),
@@ -241,7 +244,7 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
         run_id: opts.run_id.clone(),
         marker_key: begun.marker_key.clone(),
         schema,
-        committer,
+        pipeline,
         floor_ms: begun.floor_ms,
         clock: WriteClock::restart(
             begun.clock_ms,
@@ -250,6 +253,7 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
         ),
         checkpoint_path: checkpoint_path.clone(),
         committed: (start.clone(), begun.skip),
+        pushed: (start.clone(), begun.skip),
         seen: (start.clone(), begun.skip),
         last_commit: Instant::now(),
         read: 0,
@@ -266,6 +270,11 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
             let first = tokio::select! {
                 it = rx.recv() => it,
                 _ = stop.notified() => None,
+                // Nothing new: the batch whose commit is under way is recorded.
+                _ = a.pipeline.commit_done(), if a.pipeline.committing() => {
+                    a.settle().await?;
+                    continue;
+                }
             };
             let Some(first) = first else { break };
             let mut items = vec![first];
@@ -294,10 +303,10 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
                 );
             }
         }
-        if a.seen > a.committed {
+        if a.seen > a.pushed {
             a.commit_position_only().await?;
         }
-        Ok(())
+        a.settle().await
     }
     .await;
     let was_interrupted = interrupted.load(Ordering::SeqCst);
@@ -345,7 +354,7 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
         },
         events_read: a.read,
         transactions: a.txs,
-        kafka_transactions: a.committer.commits,
+        kafka_transactions: a.pipeline.committer().commits,
         applied,
         applied_total,
         dead_lettered: a.dead_count,
