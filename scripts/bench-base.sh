@@ -132,10 +132,17 @@ us_row() { python3 -c "print(round($1 / $rows * 1e6, 2))"; }
 cat <<TXT
 == falcon-migrate base, $rows rows ($msgs messages), $workers workers, $(nproc) cores
 target       rows/s   cpu s   cpu s/M rows   µs/row   peak RSS MiB
-all        $(printf '%8s %7s %14s %8s %14s' "$both_rps" "$both_cpu" "$(per_m "$both_cpu")" "$(us_row "$both_cpu")" "$((both_rss / 1024))")
-kafka      $(printf '%8s %7s %14s %8s %14s' "$kafka_rps" "$kafka_cpu" "$(per_m "$kafka_cpu")" "$(us_row "$kafka_cpu")" "$((kafka_rss / 1024))")
-hbase      $(printf '%8s %7s %14s %8s %14s' "$hbase_rps" "$hbase_cpu" "$(per_m "$hbase_cpu")" "$(us_row "$hbase_cpu")" "$((hbase_rss / 1024))")
-all, bulk  $(printf '%8s %7s %14s %8s %14s' "$bulk_rps" "$bulk_cpu" "$(per_m "$bulk_cpu")" "$(us_row "$bulk_cpu")" "$((bulk_rss / 1024))")
+$(line() { # line NAME LABEL RPS CPU RSS: a run's row, or that it was not run
+  if want "$1"; then
+    printf '%-10s %8s %7s %14s %8s %14s\n' "$2" "$3" "$4" "$(per_m "$4")" "$(us_row "$4")" "$(($5 / 1024))"
+  else
+    printf '%-10s %8s\n' "$2" "not run"
+  fi
+}
+line all all "$both_rps" "$both_cpu" "$both_rss"
+line kafka kafka "$kafka_rps" "$kafka_cpu" "$kafka_rss"
+line hbase hbase "$hbase_rps" "$hbase_cpu" "$hbase_rss"
+line bulk "all, bulk" "$bulk_rps" "$bulk_cpu" "$bulk_rss")
 $(if want bulk; then
   echo "bulk load (both targets, end to end): $(ratio "$bulk_rps" "$kafka_rps")x of Kafka-only; HFiles: $hfiles files, $hfile_cells cells, $hfile_mib MiB written in ${hfile_s}s ($(python3 -c "print(round($hfile_cells / max($hfile_s, 1e-3)))") cells/s, $(python3 -c "print(round($hfile_mib / max($hfile_s, 1e-3), 1))") MiB/s); load step ${load_s}s (BulkLoadHFilesTool, all tables side by side in one JVM)"
 fi)
@@ -143,8 +150,16 @@ fi)
 source (mariadb --quick full scan)        $src_rps rows/s
 kafka  (ProducerPerformance, ${evsize} B)   ${kafka_ceiling:-?} records/s   base kafka-only: $(ratio "$kafka_rps" "${kafka_ceiling:-0}")x
 hbase  (PerformanceEvaluation, $pe_rows rows of 8x${cell} B, 1 client) ${hbase_ceiling:-?} rows/s
-       base hbase-only writes $(python3 -c "print(round($hbase_rps * $hbase_rows_written / $rows))") HBase rows/s (id map included): $(ratio "$(python3 -c "print(round($hbase_rps * $hbase_rows_written / $rows))")" "${hbase_ceiling:-0}")x
-slowest link ceiling: $slowest rows/s; base with both targets: $(ratio "$both_rps" "$slowest")x of it
-1.6e9 messages in 3.5 h need $(python3 -c "import math; print(round(1.6e9 / (3.5 * 3600)))") rows/s: $(python3 -c "import math; print(math.ceil(1.6e9 / (3.5 * 3600) / max($both_rps, 1)))") machines like this one at $both_rps rows/s each (stack included)
+$(if want hbase; then
+  echo "       base hbase-only writes $(python3 -c "print(round($hbase_rps * $hbase_rows_written / $rows))") HBase rows/s (id map included): $(ratio "$(python3 -c "print(round($hbase_rps * $hbase_rows_written / $rows))")" "${hbase_ceiling:-0}")x"
+fi)
+$(need=$(python3 -c "print(round(1.6e9 / (3.5 * 3600)))")
+for run in bulk all; do
+  want "$run" || continue
+  rps=$([[ $run == bulk ]] && echo "$bulk_rps" || echo "$both_rps")
+  label=$([[ $run == bulk ]] && echo "both targets, bulk load" || echo "both targets, puts")
+  echo "slowest link ceiling: $slowest rows/s; base ($label): $(ratio "$rps" "$slowest")x of it"
+  echo "1.6e9 messages in 3.5 h need $need rows/s: $(python3 -c "import math; print(math.ceil($need / max($rps, 1)))") machines like this one at $rps rows/s each ($label, stack included)"
+done)
 details: $out
 TXT
