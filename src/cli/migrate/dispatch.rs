@@ -310,15 +310,8 @@ async fn diff(args: DiffArgs) -> Result<i32> {
         "0/1",
     )
     .await?;
-    let code = |s: &diff::DiffSummary| {
-        if s.stopped == "interrupted" && !s.follow {
-            exit::INTERRUPTED
-        } else if s.dead_lettered > 0 {
-            exit::DEAD_LETTERED
-        } else {
-            exit::OK
-        }
-    };
+    let code =
+        |s: &diff::DiffSummary| diff_exit(s.stopped == "interrupted" && !s.follow, s.dead_lettered);
     observed(
         obs,
         args.common.json,
@@ -327,6 +320,18 @@ async fn diff(args: DiffArgs) -> Result<i32> {
         render::diff,
     )
     .await
+}
+
+/// A diff's exit status, either mode: interrupted before its end (130),
+/// rows dead-lettered (3), or done.
+fn diff_exit(interrupted: bool, dead_lettered: u64) -> i32 {
+    if interrupted {
+        exit::INTERRUPTED
+    } else if dead_lettered > 0 {
+        exit::DEAD_LETTERED
+    } else {
+        exit::OK
+    }
 }
 
 async fn diff_watermark(args: DiffArgs) -> Result<i32> {
@@ -350,15 +355,8 @@ async fn diff_watermark(args: DiffArgs) -> Result<i32> {
         "0/1",
     )
     .await?;
-    let code = |s: &watermark::WatermarkSummary| {
-        if s.stopped == "interrupted" {
-            exit::INTERRUPTED
-        } else if s.dead_lettered > 0 {
-            exit::DEAD_LETTERED
-        } else {
-            exit::OK
-        }
-    };
+    let code =
+        |s: &watermark::WatermarkSummary| diff_exit(s.stopped == "interrupted", s.dead_lettered);
     let work = watermark::run(cfg, opts);
     observed(obs, args.common.json, work, code, render::watermark).await
 }
