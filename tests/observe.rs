@@ -368,7 +368,19 @@ fn watched_until_the_end(mut watcher: Running, finished: &serde_json::Value) {
     let pid = watcher.child.id().to_string();
     let sent = Command::new("kill").args(["-INT", &pid]).status().unwrap();
     assert!(sent.success());
-    let status = watcher.child.wait().unwrap();
+    // Bounded: a watch that ignores Ctrl-C fails here instead of hanging.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = watcher.child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = watcher.child.kill();
+            let _ = watcher.child.wait();
+            panic!("status --watch still running 30 s after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let err = watcher.stderr();
     assert_eq!(status.code(), Some(0), "status --watch after Ctrl-C: {err}");
     let lines: Vec<serde_json::Value> = watcher

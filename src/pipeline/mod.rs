@@ -24,19 +24,38 @@ use tokio::sync::Notify;
 /// `terminationGracePeriodSeconds` (30 s), after which the pod is killed.
 pub const GRACE: std::time::Duration = std::time::Duration::from_secs(25);
 
-/// The next Ctrl-C or SIGTERM.
-pub(crate) async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) -> bool {
-    let terminated = async {
-        match term.as_mut() {
-            Some(t) => {
-                t.recv().await;
-            }
-            None => std::future::pending().await,
+/// Ctrl-C and SIGTERM, listened to for the whole process: a signal that
+/// arrives while nothing awaits it is kept for the next [`Signals::next`]
+/// (a fresh `ctrl_c()` per wait would drop it, and the process would go on).
+pub(crate) struct Signals {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    pub(crate) fn listen() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Self {
+            int: signal(SignalKind::interrupt()).ok(),
+            term: signal(SignalKind::terminate()).ok(),
         }
-    };
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.is_ok(),
-        _ = terminated => true,
+    }
+
+    /// The next Ctrl-C or SIGTERM; false when neither can be listened to.
+    pub(crate) async fn next(&mut self) -> bool {
+        async fn one(s: &mut Option<tokio::signal::unix::Signal>) -> bool {
+            match s.as_mut() {
+                Some(s) => s.recv().await.is_some(),
+                None => std::future::pending().await,
+            }
+        }
+        if self.int.is_none() && self.term.is_none() {
+            return false;
+        }
+        tokio::select! {
+            r = one(&mut self.int) => r,
+            r = one(&mut self.term) => r,
+        }
     }
 }
 
@@ -72,10 +91,11 @@ pub(crate) fn install_interrupts() {
         return;
     }
     let (f, n) = (st.flag.clone(), st.notify.clone());
+    // Listening starts here, before the task runs: a signal from now on is
+    // never lost to the gap before the task's first wait.
+    let mut signals = Signals::listen();
     tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        if !next_signal(&mut term).await {
+        if !signals.next().await {
             return;
         }
         let what = INTERRUPTS
@@ -92,7 +112,7 @@ pub(crate) fn install_interrupts() {
         f.store(true, Ordering::SeqCst);
         n.notify_one();
         let second = tokio::select! {
-            _ = next_signal(&mut term) => "a second interrupt",
+            _ = signals.next() => "a second interrupt",
             _ = tokio::time::sleep(GRACE) => "the grace period ran out",
         };
         tracing::error!(

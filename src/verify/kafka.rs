@@ -49,10 +49,9 @@ pub fn remove_stale_spills(dir: &std::path::Path) {
 /// verify writes nothing that a stop in the middle leaves half done (a
 /// repair's Kafka transaction is aborted; its HBase puts are idempotent).
 pub fn clean_spills_on_interrupt(dir: std::path::PathBuf) {
+    let mut signals = crate::pipeline::Signals::listen();
     tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        if crate::pipeline::next_signal(&mut term).await {
+        if signals.next().await {
             remove_stale_spills(&dir);
             tracing::warn!("verify interrupted: spill files removed, nothing reported");
             std::process::exit(crate::error::exit::INTERRUPTED);

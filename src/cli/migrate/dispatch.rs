@@ -45,8 +45,16 @@ async fn status(args: StatusArgs) -> Result<i32> {
         return Ok(exit::OK);
     };
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    // Listened to once for the whole watch: a Ctrl-C during a read (which
+    // may wait on an unreachable Kafka) ends the watch as surely as one
+    // during the pause.
+    let mut signals = crate::pipeline::Signals::listen();
     loop {
-        match crate::status::read(&cfg, &opts).await {
+        let read = tokio::select! {
+            r = crate::status::read(&cfg, &opts) => r,
+            _ = signals.next() => return Ok(exit::OK),
+        };
+        match read {
             Ok(s) if json => println!("{}", serde_json::to_string(&s).unwrap_or_default()),
             Ok(s) => {
                 if tty {
@@ -67,7 +75,7 @@ async fn status(args: StatusArgs) -> Result<i32> {
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(every)) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(exit::OK),
+            _ = signals.next() => return Ok(exit::OK),
         }
     }
 }

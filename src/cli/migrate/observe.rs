@@ -99,16 +99,18 @@ pub(super) struct Linger {
 }
 
 impl Linger {
-    /// Keeps `/metrics` up for `--metrics-linger` (Ctrl-C cuts it short).
+    /// Keeps `/metrics` up for `--metrics-linger` (Ctrl-C or SIGTERM cuts it
+    /// short).
     pub(super) async fn wait(self) {
         let Some(server) = self.server else {
             return;
         };
         if !self.linger.is_zero() {
             tracing::info!("metrics stay up for {:?} (--metrics-linger)", self.linger);
+            let mut signals = crate::pipeline::Signals::listen();
             tokio::select! {
                 _ = tokio::time::sleep(self.linger) => {}
-                _ = tokio::signal::ctrl_c() => {}
+                _ = signals.next() => {}
             }
         }
         server.abort();
