@@ -290,6 +290,9 @@ async fn a_checkpoint_of_another_server_is_found_again_by_its_gtid() {
     .unwrap();
     let gtid = cp["position"]["gtid"].as_str().unwrap().to_string();
     assert!(gtid.contains('-'), "a GTID with the checkpoint: {cp}");
+    // The state the reader followed through the stream is the server's own
+    // at that position.
+    assert_eq!(gtid, server_gtid_at(&job, &cp["position"]).await, "{cp}");
     job.churn(200.0, 1.0, 82).await;
 
     // Another diff run whose checkpoint names a position of another server
@@ -312,4 +315,18 @@ async fn a_checkpoint_of_another_server_is_found_again_by_its_gtid() {
     assert_eq!(b["applied_total"], a["applied_total"], "{b}\n{a}");
     assert_eq!(b["events_read"], a["events_read"]);
     assert_eq!(b["to"]["offset"], a["to"]["offset"]);
+    assert_eq!(a["to"]["gtid"], b["to"]["gtid"]);
+    let to_gtid = a["to"]["gtid"].as_str().unwrap();
+    assert_ne!(to_gtid, gtid, "the churn's transactions moved the state");
+    assert_eq!(to_gtid, server_gtid_at(&job, &a["to"]).await, "{a}");
+}
+
+/// `BINLOG_GTID_POS` of a position (`{"file", "offset"}`).
+async fn server_gtid_at(job: &Job, p: &serde_json::Value) -> String {
+    sqlx::query_scalar::<_, String>("SELECT CAST(BINLOG_GTID_POS(?, ?) AS CHAR)")
+        .bind(p["file"].as_str().unwrap())
+        .bind(p["offset"].as_u64().unwrap())
+        .fetch_one(&job.pool().await)
+        .await
+        .unwrap()
 }

@@ -9,6 +9,7 @@ use crate::config::{Config, SslMode, TableMapping};
 use crate::error::{Error, Result};
 use crate::mapping::{self, TableSpec};
 use crate::position::Position;
+use crate::source::binlog::gtid::GtidState;
 use crate::tls::Security;
 
 /// A pool of `size` connections; fails with a clear "cannot connect" naming the
@@ -110,7 +111,48 @@ fn binlog_ssl(cfg: &Config) -> Result<Option<mysql_async::SslOpts>> {
 }
 
 /// The source's current binlog coordinates and GTID set.
+/// The server's binlog position now, with its GTID state there (MariaDB).
+/// The state is read before and after the position: equal, no group was
+/// written in between and it is the state at the position; a busy server
+/// gets a few tries, then the state is asked for at the position itself.
 pub async fn binlog_position(pool: &MySqlPool) -> Result<Position> {
+    let gtid_now = || async {
+        sqlx::query_scalar::<_, String>("SELECT CAST(@@GLOBAL.gtid_binlog_pos AS CHAR)")
+            .fetch_one(pool)
+            .await
+            .ok()
+    };
+    for _ in 0..5 {
+        let before = gtid_now().await;
+        let (file, offset) = master_status(pool).await?;
+        if before.is_some() && gtid_now().await == before {
+            let gtid = before.unwrap_or_default();
+            return Ok(Position::Binlog { file, offset, gtid });
+        }
+        if before.is_none() {
+            // Not MariaDB: no GTID state to record.
+            return Ok(Position::Binlog {
+                file,
+                offset,
+                gtid: String::new(),
+            });
+        }
+    }
+    let (file, offset) = master_status(pool).await?;
+    let mut p = Position::Binlog {
+        file,
+        offset,
+        gtid: String::new(),
+    };
+    let gtid = gtid_at(pool, &p).await;
+    if let Position::Binlog { gtid: g, .. } = &mut p {
+        *g = gtid;
+    }
+    Ok(p)
+}
+
+/// `SHOW MASTER STATUS`: the current binlog file and offset.
+async fn master_status(pool: &MySqlPool) -> Result<(String, u64)> {
     let row = sqlx::query("SHOW MASTER STATUS")
         .fetch_optional(pool)
         .await
@@ -125,11 +167,7 @@ pub async fn binlog_position(pool: &MySqlPool) -> Result<Position> {
     let offset: u64 = row
         .try_get(1)
         .map_err(|e| Error::mysql("SHOW MASTER STATUS position", e))?;
-    let gtid: String = sqlx::query_scalar("SELECT CAST(@@GLOBAL.gtid_binlog_pos AS CHAR)")
-        .fetch_one(pool)
-        .await
-        .unwrap_or_default();
-    Ok(Position::Binlog { file, offset, gtid })
+    Ok((file, offset))
 }
 
 /// Checks the source is reachable and the binlog is usable.
@@ -297,28 +335,32 @@ pub async fn snapshot_position(pool: &MySqlPool) -> Result<Position> {
 /// MariaDB: the GTID state at a binlog position (`BINLOG_GTID_POS`); empty
 /// where the server has no such function or cannot tell.
 pub async fn gtid_at(pool: &MySqlPool, p: &Position) -> String {
+    gtid_state_at(pool, p)
+        .await
+        .map(|s| s.to_string())
+        .unwrap_or_default()
+}
+
+/// MariaDB: the GTID state at a position (`BINLOG_GTID_POS`, which reads the
+/// binlog file from its start up to the offset: once per run, not per batch);
+/// None when the server cannot say (not MariaDB, a position it does not have).
+pub async fn gtid_state_at(pool: &MySqlPool, p: &Position) -> Option<GtidState> {
     let Position::Binlog { file, offset, .. } = p else {
-        return String::new();
+        return None;
     };
-    sqlx::query_scalar::<_, Option<String>>("SELECT CAST(BINLOG_GTID_POS(?, ?) AS CHAR)")
+    let s = sqlx::query_scalar::<_, Option<String>>("SELECT CAST(BINLOG_GTID_POS(?, ?) AS CHAR)")
         .bind(file)
         .bind(*offset)
         .fetch_one(pool)
         .await
         .ok()
-        .flatten()
-        .unwrap_or_default()
+        .flatten()?;
+    GtidState::parse(&s)
 }
 
 /// `d-s-n[,d-s-n…]` → domain → sequence number.
 fn parse_gtid_state(s: &str) -> std::collections::BTreeMap<u64, u64> {
-    s.split(',')
-        .filter_map(|g| {
-            let mut it = g.trim().split('-');
-            let (d, _server, n) = (it.next()?, it.next()?, it.next()?);
-            Some((d.parse().ok()?, n.parse().ok()?))
-        })
-        .collect()
+    GtidState::parse(s).unwrap_or_default().seq_by_domain()
 }
 
 /// MariaDB: the position on this server right after every transaction of the

@@ -32,7 +32,6 @@ pub(super) struct Applier {
     pub(super) marker_key: String,
     pub(super) schema: std::sync::Arc<Vec<TableSchema>>,
     pub(super) admission: Admission,
-    pub(super) pool: sqlx::mysql::MySqlPool,
     pub(super) pipeline: Pipeline<Pending>,
     pub(super) floor_ms: u64,
     /// The HBase timestamp of every change (see `pipeline::clock`).
@@ -65,26 +64,6 @@ impl Applier {
             epoch_ms: self.cfg.ids.epoch_ms,
             default_version_ms: (u64::from(ts_s) * 1000).max(self.floor_ms),
             min_version_ms,
-        }
-    }
-
-    /// The position with the server's GTID state there (MariaDB), so that a
-    /// checkpoint can be found again on another server after a failover.
-    async fn with_gtid(&self, at: (Position, u64)) -> (Position, u64) {
-        match at.0 {
-            Position::Binlog { file, offset, gtid } if gtid.is_empty() => {
-                let p = Position::Binlog {
-                    file,
-                    offset,
-                    gtid: String::new(),
-                };
-                let gtid = crate::source::mysql::gtid_at(&self.pool, &p).await;
-                let Position::Binlog { file, offset, .. } = p else {
-                    unreachable!()
-                };
-                (Position::Binlog { file, offset, gtid }, at.1)
-            }
-            other => (other, at.1),
         }
     }
 
@@ -143,7 +122,7 @@ impl Applier {
                 }
             }
         }
-        let end = self.with_gtid(self.seen.clone()).await;
+        let end = self.seen.clone();
         if let Some(last) = txs.last() {
             // The marker records the batch's lag as of its sending.
             self.last_lag_ms = now_ms().saturating_sub(u64::from(last.ts_s) * 1000);
@@ -368,7 +347,7 @@ impl Applier {
 
     /// Records a position reached with nothing mapped to apply.
     pub(super) async fn commit_position_only(&mut self) -> Result<()> {
-        let end = self.with_gtid(self.seen.clone()).await;
+        let end = self.seen.clone();
         let pending = Pending {
             checkpoint: self.checkpoint_at(&end),
             end,

@@ -197,6 +197,27 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
     let kinds: Vec<EntityKind> = cfg.tables.iter().map(|t| t.kind).collect();
     let rooms = Arc::new(Rooms::for_kinds(&pool, &kinds).await?);
 
+    // The GTID state at the start, asked once: the reader follows it from
+    // there (asking per batch costs a read of the binlog file up to the
+    // position, seconds late in a large file).
+    let track_gtid = match &start {
+        Position::Binlog { gtid, .. } if !gtid.is_empty() => true,
+        Position::Binlog { file, offset, .. } => {
+            match crate::source::mysql::gtid_state_at(&pool, &start).await {
+                Some(state) => {
+                    start = Position::Binlog {
+                        file: file.clone(),
+                        offset: *offset,
+                        gtid: state.to_string(),
+                    };
+                    true
+                }
+                None => false,
+            }
+        }
+        Position::Watermark { .. } => false,
+    };
+
     let server_id = binlog::server_id(&begun.marker_key);
     let stream = binlog::open_stream(&cfg, server_id, &start).await?;
     // Room for a few batches of source transactions: the reader keeps reading
@@ -211,6 +232,7 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
         part_changes: opts.max_batch,
         part_kib: PART_KIB,
         budget: Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_KIB as usize)),
+        track_gtid,
     };
     let reader_task = tokio::spawn(follow_binlog(
         cfg.clone(),
@@ -239,7 +261,6 @@ pub async fn run(cfg: Config, opts: DiffOptions) -> Result<DiffSummary> {
     let checkpoint_path = state.diff_checkpoint(&opts.run_id);
     let mut a = apply::Applier {
         admission: Admission::new(rooms, cfg.kafka.message_max_bytes),
-        pool: pool.clone(),
         cfg,
         run_id: opts.run_id.clone(),
         marker_key: begun.marker_key.clone(),

@@ -23,7 +23,8 @@
 //! - `statement` (with `lexer`): which mapped table a logged statement (DDL
 //!   or data change) writes;
 //! - `reader`: the stream → whole source transactions;
-//! - `values`: binlog value → `SrcVal`.
+//! - `values`: binlog value → `SrcVal`;
+//! - [`gtid`]: the GTID state followed through the stream (MariaDB).
 
 use std::time::Instant;
 
@@ -35,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::mapping::SrcVal;
 use crate::position::Position;
 
+pub mod gtid;
 mod lexer;
 mod reader;
 mod schema;
@@ -210,6 +212,16 @@ pub async fn open_stream(
         context: "set the heartbeat period".into(),
         message: e.to_string(),
     })?;
+    // A GTID-aware replica (MariaDB's MARIA_SLAVE_CAPABILITY_GTID): the
+    // server sends its GTID events as they are, which the reader follows
+    // (otherwise it rewrites them as BEGIN queries and the state is lost).
+    // Elsewhere (MySQL) a user variable without effect.
+    conn.query_drop("SET @mariadb_slave_capability = 4")
+        .await
+        .map_err(|e| Error::Binlog {
+            context: "announce a GTID-aware reader".into(),
+            message: e.to_string(),
+        })?;
     conn.get_binlog_stream(
         BinlogStreamRequest::new(server_id)
             .with_filename(file.as_bytes())

@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use mysql_async::binlog::events::{EventData, RowsEventData, TableMapEvent};
 use tokio::sync::mpsc;
 
+use super::gtid::{Gtid, GtidState, GTID_EVENT};
 use super::statement::{ddl_on_mapped, dml_on_mapped, first_word};
 use super::{src_val, Item, Op, RowChange, SourceTx, TableSchema};
 use crate::error::{Error, Result};
@@ -35,6 +36,10 @@ pub struct Reader {
     pub part_kib: u64,
     /// KiB of row images the reader may hold ahead of the applier.
     pub budget: std::sync::Arc<tokio::sync::Semaphore>,
+    /// `start` carries the server's GTID state there (MariaDB): the reader
+    /// follows it through the GTID events and puts it in every position it
+    /// hands on (`gtid`). False: positions carry no GTID state.
+    pub track_gtid: bool,
 }
 
 struct Pending {
@@ -72,6 +77,12 @@ impl Reader {
             return Err(super::not_binlog(&self.start));
         };
         let mut safe = self.start.clone();
+        // The GTID state at `safe`, and the GTID of the group under way.
+        let mut gtid = match &self.start {
+            Position::Binlog { gtid, .. } if self.track_gtid => GtidState::parse(gtid),
+            _ => None,
+        };
+        let mut group: Option<Gtid> = None;
         if self.reached(&safe) {
             let _ = out.send(Item::Advanced(safe)).await;
             return Ok(());
@@ -130,6 +141,21 @@ impl Reader {
             let end = u64::from(h.log_pos());
             let here = format!("{file}:{}", end.saturating_sub(u64::from(h.event_size())));
             let ts = h.timestamp();
+            if h.event_type_raw() == GTID_EVENT {
+                // A group starts (MariaDB): a transaction's GTID event stands
+                // for its BEGIN; the position does not move inside a group.
+                group = Gtid::from_event(h.server_id(), ev.data());
+                match group {
+                    Some(g) if !g.standalone => pending = Some(Pending::new(to_skip)),
+                    Some(_) => {}
+                    None => {
+                        if gtid.take().is_some() {
+                            tracing::warn!(at = %here, "a GTID event too short to read: checkpoints carry no GTID state from here");
+                        }
+                    }
+                }
+                continue;
+            }
             let data = ev.read_data().map_err(|e| binlog_err(&here, e))?;
             let mut boundary = false;
             if matches!(data, Some(EventData::FormatDescriptionEvent(_))) {
@@ -145,11 +171,7 @@ impl Reader {
                 Some(EventData::RotateEvent(r)) if end > 0 || seen_fde => {
                     file = super::rotate_file_name(&r);
                     if pending.is_none() {
-                        safe = Position::Binlog {
-                            file: file.clone(),
-                            offset: r.position(),
-                            gtid: String::new(),
-                        };
+                        safe = pos(&file, r.position(), gtid.as_ref());
                         advanced_unsent = true;
                     }
                 }
@@ -236,13 +258,17 @@ impl Reader {
                         return Err(e);
                     }
                     if pending.is_none() && end > 0 {
-                        safe = pos(&file, end);
+                        safe = pos(&file, end, gtid.as_ref());
                         advanced_unsent = true;
                     }
                 }
             }
             if boundary && end > 0 {
-                safe = pos(&file, end);
+                // The group has ended: the state after it includes it.
+                if let (Some(state), Some(g)) = (gtid.as_mut(), group.take()) {
+                    state.apply(g);
+                }
+                safe = pos(&file, end, gtid.as_ref());
                 match pending.take() {
                     Some(p) if !p.changes.is_empty() || p.sent > 0 => {
                         let item = SourceTx {
@@ -493,11 +519,12 @@ fn closed() -> Error {
     Error::Other("diff: the applier stopped".into())
 }
 
-fn pos(file: &str, offset: u64) -> Position {
+/// A position, with the GTID state there when it is followed.
+fn pos(file: &str, offset: u64, gtid: Option<&GtidState>) -> Position {
     Position::Binlog {
         file: file.to_string(),
         offset,
-        gtid: String::new(),
+        gtid: gtid.map(GtidState::to_string).unwrap_or_default(),
     }
 }
 
