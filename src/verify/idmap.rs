@@ -6,13 +6,8 @@
 //! so the source side is counted in the same pass as the messages.
 
 use super::digest::RowHasher;
-use super::rows::{Filter, Pass};
-use crate::config::HbaseConfig;
-use crate::error::Result;
 use crate::mapping::{keys, Canonical};
-use crate::pipeline::commit::{retry_blocking, RetryPolicy};
-use crate::sink::hbase::thrift2::TResult;
-use crate::sink::hbase::HbaseClient;
+use crate::sink::hbase::wire::ScanRow;
 
 /// One id-map row, as the source says it should be or as HBase holds it.
 #[derive(Debug, Clone)]
@@ -69,69 +64,68 @@ pub fn expected(c: &Canonical, salt_buckets: u16, hasher: &mut RowHasher) -> Vec
     ]
 }
 
-/// A stored row read back.
-fn decode(r: TResult, hasher: &mut RowHasher) -> Entry {
-    let row_key = r.row.unwrap_or_default();
-    let id = (row_key.len() == 10)
-        .then(|| u64::from_be_bytes(row_key[2..10].try_into().expect("8 bytes")));
-    let tag = row_key.get(1).copied();
-    let cell = |name: &[u8]| {
-        r.column_values
-            .iter()
-            .find(|c| c.qualifier == name)
-            .and_then(|c| String::from_utf8(c.value.clone()).ok())
-    };
-    let (key, legacy) = match (tag, id) {
-        (Some(b'L'), Some(id)) => (format!("L:{id}"), id.to_string()),
-        (Some(b'N'), Some(id)) => (
-            format!("N:{id}"),
-            cell(b"legacy_id").unwrap_or_else(|| "?".into()),
-        ),
-        _ => {
-            let k = format!("?{}", crate::mapping::hex(&row_key));
-            (k.clone(), k)
-        }
-    };
-    let hash = hasher.hash_cells(
-        "id_map",
-        &key,
-        r.column_values
-            .iter()
-            .map(|c| (c.qualifier.as_slice(), c.value.as_slice())),
-        Some(&row_key),
-    );
-    Entry {
-        key,
-        legacy,
-        hash,
-        row_key,
-        cells: r
-            .column_values
-            .iter()
-            .map(|c| (c.qualifier.clone(), c.timestamp.unwrap_or(0)))
-            .collect(),
-    }
+/// Decodes stored id-map rows without allocating per row: the buffers are
+/// reused from row to row, and an [`Entry`] is made only when it is kept.
+#[derive(Default)]
+pub struct ScanDecoder {
+    hasher: RowHasher,
+    key: String,
+    legacy: String,
 }
 
-/// Digests (and, for a drill-down, the entries) of the id-map table, bucketed
-/// by `filter` on the legacy id.
-pub fn pass(cfg: &HbaseConfig, filter: &Filter, policy: &RetryPolicy) -> Result<Pass<Entry>> {
-    let what = format!("scan of {}", cfg.id_map_table);
-    retry_blocking(policy, &what, || {
-        let mut c = HbaseClient::connect(cfg).map_err(crate::pipeline::lane::as_transient)?;
-        let mut hasher = RowHasher::default();
-        let mut out: Pass<Entry> = Pass::new(filter.buckets);
-        c.scan(&cfg.id_map_table, None, None, 2000, |r| {
-            let e = decode(r, &mut hasher);
-            if let Some(b) = filter.admits(&e.legacy) {
-                out.rows += 1;
-                out.digests[b as usize].add(e.hash);
-                if filter.keeps_rows() {
-                    out.kept.entry(e.key.clone()).or_default().push(e);
-                }
+impl ScanDecoder {
+    /// The legacy id (its bucket) and hash of a stored row: `L·legacy` has
+    /// key `L:<legacy>`, `N·new id` key `N:<new id>` and the legacy id of
+    /// its `legacy_id` cell (`?` without one); any other row key is `?` +
+    /// the row key in hex, both as key and as legacy id. The strings stay
+    /// valid until the next call.
+    pub fn digest(&mut self, r: &ScanRow<'_>) -> (&str, u128) {
+        use std::fmt::Write;
+        let row_key = r.row().unwrap_or_default();
+        let id = (row_key.len() == 10)
+            .then(|| u64::from_be_bytes(row_key[2..10].try_into().expect("8 bytes")));
+        let (key, legacy) = (&mut self.key, &mut self.legacy);
+        key.clear();
+        legacy.clear();
+        match (row_key.get(1).copied(), id) {
+            (Some(b'L'), Some(id)) => {
+                let _ = write!(key, "L:{id}");
+                let _ = write!(legacy, "{id}");
             }
-            Ok(())
-        })?;
-        Ok(out)
-    })
+            (Some(b'N'), Some(id)) => {
+                let _ = write!(key, "N:{id}");
+                let cell = r
+                    .cells()
+                    .find(|c| c.qualifier == b"legacy_id")
+                    .and_then(|c| std::str::from_utf8(c.value).ok());
+                legacy.push_str(cell.unwrap_or("?"));
+            }
+            _ => {
+                key.push('?');
+                key.push_str(&crate::mapping::hex(row_key));
+                legacy.push_str(key);
+            }
+        }
+        let hash = self.hasher.hash_cells(
+            "id_map",
+            key,
+            r.cells().map(|c| (c.qualifier, c.value)),
+            Some(row_key),
+        );
+        (&self.legacy, hash)
+    }
+
+    /// The row last digested, as an owned [`Entry`].
+    pub fn entry(&self, r: &ScanRow<'_>, hash: u128) -> Entry {
+        Entry {
+            key: self.key.clone(),
+            legacy: self.legacy.clone(),
+            hash,
+            row_key: r.row().unwrap_or_default().to_vec(),
+            cells: r
+                .cells()
+                .map(|c| (c.qualifier.to_vec(), c.timestamp.unwrap_or(0)))
+                .collect(),
+        }
+    }
 }
