@@ -129,3 +129,83 @@ impl ScanDecoder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::{canonical, MapContext, SrcVal};
+    use crate::sink::hbase::cells;
+    use crate::sink::hbase::thrift2::{TColumnValue, TResult};
+    use crate::sink::hbase::wire::tests::scan_rows_of;
+
+    fn stored(row: Vec<u8>, cells: Vec<(&str, &str)>) -> TResult {
+        let cells = cells
+            .into_iter()
+            .map(|(q, v)| {
+                let (q, v) = (q.as_bytes().to_vec(), v.as_bytes().to_vec());
+                TColumnValue::new(b"d".to_vec(), q, v, Some(5), None, None)
+            })
+            .collect();
+        TResult::new(Some(row), cells, None, None)
+    }
+
+    /// The rows base writes for a message decode to the entries the source
+    /// side expects (same keys, legacy ids and hashes); an `N` row without
+    /// its `legacy_id` and a foreign row key get keys no message has.
+    #[test]
+    fn stored_rows_hash_as_the_source_expects() {
+        let ctx = MapContext {
+            salt_buckets: 16,
+            epoch_ms: 1_262_304_000_000,
+            default_version_ms: 0,
+            min_version_ms: 0,
+        };
+        let row = vec![
+            SrcVal::UInt(42),
+            SrcVal::UInt(1001),
+            SrcVal::UInt(7),
+            SrcVal::Bytes(b"hi".to_vec()),
+            SrcVal::UInt(1_500_000_000),
+            SrcVal::UInt(0),
+            SrcVal::Int(0),
+        ];
+        let c = canonical(crate::config::EntityKind::Message, &row, &ctx).unwrap();
+        let (legacy, new_id, room) = c.id_pair.unwrap();
+        let want = expected(&c, 16, &mut RowHasher::default());
+        let mut results: Vec<TResult> = cells::id_map_puts(legacy, new_id, room, 16, 9, b"d")
+            .into_iter()
+            .map(|p| TResult::new(Some(p.row), p.column_values, None, None))
+            .collect();
+        let n_key = keys::id_map_new(16, 77);
+        results.push(stored(n_key.clone(), vec![("x", "1")]));
+        results.push(stored(vec![1, 2, 3], vec![("legacy_id", "42")]));
+        let rows = scan_rows_of(&results);
+        let mut dec = ScanDecoder::default();
+        let got: Vec<Entry> = rows
+            .iter()
+            .map(|r| {
+                let (legacy, hash) = dec.digest(&r);
+                let legacy = legacy.to_string();
+                let e = dec.entry(&r, hash);
+                assert_eq!(e.legacy, legacy);
+                e
+            })
+            .collect();
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(
+                (&g.key, &g.legacy, g.hash, &g.row_key),
+                (&w.key, &w.legacy, w.hash, &w.row_key)
+            );
+            assert!(g.cells.iter().all(|(_, ts)| *ts == 9));
+        }
+        assert_eq!(want[0].key, format!("L:{legacy}"));
+        assert_eq!((got[2].key.as_str(), got[2].legacy.as_str()), ("N:77", "?"));
+        assert_eq!(got[2].row_key, n_key);
+        assert_eq!(got[2].cells, vec![(b"x".to_vec(), 5)]);
+        assert_eq!(
+            (got[3].key.as_str(), got[3].legacy.as_str()),
+            ("?010203", "?010203")
+        );
+        assert_eq!(got.len(), 4);
+    }
+}
