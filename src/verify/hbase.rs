@@ -174,7 +174,8 @@ struct Gathered {
 
 /// One range's rows, kept apart until the range is complete.
 enum Range {
-    Table(Pass<TargetRow>),
+    /// Of `tables[i]`.
+    Table(usize, Pass<TargetRow>),
     IdMap(Pass<idmap::Entry>),
 }
 
@@ -233,6 +234,7 @@ pub fn pass(
         None => 1,
         Some(_) => 2,
     });
+    // (Without the id map, none of its ranges is read: any filter does.)
     let id_filter = id_map.cloned().unwrap_or(Filter {
         buckets: 1,
         sample: super::digest::Sample::percent(100.0),
@@ -253,14 +255,14 @@ pub fn pass(
             id_map: Pass::new(id_filter.buckets),
         },
         |j| match names[j].1 {
-            Some(ti) => Range::Table(Pass::new(filters[ti].buckets)),
+            Some(ti) => Range::Table(ti, Pass::new(filters[ti].buckets)),
             None => Range::IdMap(Pass::new(id_filter.buckets)),
         },
-        |g, range, j, r| {
+        |g, range, _, r| {
             super::failpoint_read_delay();
-            match (range, names[j].1) {
-                (Range::Table(o), Some(ti)) => {
-                    let (t, f) = (&tables[ti], &filters[ti]);
+            match range {
+                Range::Table(ti, o) => {
+                    let (t, f) = (&tables[*ti], &filters[*ti]);
                     let (key, hash) = g.dec.digest(t, &r);
                     if let Some(b) = f.admits(key) {
                         o.rows += 1;
@@ -271,7 +273,7 @@ pub fn pass(
                         }
                     }
                 }
-                (Range::IdMap(o), _) => {
+                Range::IdMap(o) => {
                     let (legacy, hash) = g.id_dec.digest(&r);
                     if let Some(b) = id_filter.admits(legacy) {
                         o.rows += 1;
@@ -282,14 +284,12 @@ pub fn pass(
                         }
                     }
                 }
-                (Range::Table(_), None) => unreachable!("a table's range holds a table's rows"),
             }
             Ok(())
         },
-        |g, j, range| match (range, names[j].1) {
-            (Range::Table(p), Some(ti)) => g.tables[ti].merge(p),
-            (Range::IdMap(p), _) => g.id_map.merge(p),
-            (Range::Table(_), None) => unreachable!("a table's range holds a table's rows"),
+        |g, _, range| match range {
+            Range::Table(ti, p) => g.tables[ti].merge(p),
+            Range::IdMap(p) => g.id_map.merge(p),
         },
     )?;
     // Digests add up in any order (count, XOR, wrapping sum), so the
@@ -340,6 +340,9 @@ fn scan_ranges<A: Send, R>(
     row: impl Fn(&mut A, &mut R, usize, ScanRow<'_>) -> Result<()> + Sync,
     done: impl Fn(&mut A, usize, R) + Sync,
 ) -> Result<Vec<(A, Scanned)>> {
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
     let salts = cfg.salt_buckets.max(1);
     let queue: Mutex<VecDeque<(usize, u16)>> = Mutex::new(
         (0..tables.len())
