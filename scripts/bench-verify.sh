@@ -68,31 +68,42 @@ push_rps=$(python3 -c "print(round($msgs / $push_s))")
 # reading the region servers directly, no gateway, one scanner per client).
 # It cannot scan the verified tables (its scans start at its own text row
 # keys and name its own column family), so it scans a table in its format
-# written just before with the same number of rows as verify's HBase side,
-# split like them (16 regions), 7 cells a row (a message row's) of the
-# message table's mean bytes per cell, with verify's scanner caching and as
-# many clients as verify has workers, reading whole rows as verify does
-# (--addColumns=false: PE's default names each column, about 3x slower).
-hrows=$(field verify_hbase targets.hbase.target_rows)
-cell_bytes=$(admin -N -B "$db" -e "SELECT CEIL((AVG(LENGTH(body)) + 40) / 7) FROM message")
+# written just before with as many rows as verify's HBase side read (the
+# tables' and the id map's rows), split like them (16 regions), with their
+# mean cells per row and value bytes per cell, verify's scanner caching
+# (SCAN_BATCH in src/verify/hbase.rs) and as many clients as verify has
+# workers, reading whole rows as verify does (--addColumns=false: PE's
+# default names each column, about 3x slower).
+hrows=$(field verify_hbase targets.hbase.read_rows)
+table_rows=$(field verify_hbase targets.hbase.target_rows)
+idmap_rows=$(field verify_hbase id_map.target_rows)
+hcells=$(field verify_hbase targets.hbase.scanned.cells)
+hbytes=$(field verify_hbase targets.hbase.scanned.value_bytes)
+hsecs=$(python3 -c "import json; print(round(json.load(open('$out/verify_hbase.json'))['targets']['hbase']['elapsed_s'], 2))")
+columns=$(python3 -c "print(max(1, round($hcells / max($hrows, 1))))")
+cell_bytes=$(python3 -c "import math; print(max(1, math.ceil($hbytes / max($hcells, 1))))")
+caching=5000
 pe_rows=$(((hrows + workers - 1) / workers))
 pe() { # pe [OPTIONS] COMMAND: PerformanceEvaluation on the stack; its "duration" line on stdout
   local log="${FALCON_STACK_DIR:-.stack}/logs/hbase-tool.log" before
   before=$(wc -l <"$log" 2>/dev/null || echo 0)
   bash scripts/stack.sh hbase-class org.apache.hadoop.hbase.PerformanceEvaluation --nomapred \
-    --table="bench_${tag}_pe" --rows="$pe_rows" --columns=7 --valueSize="$cell_bytes" \
-    --caching=2000 "$@" "$workers" >"$out/pe-${*: -1}.log" 2>&1 || true
+    --table="bench_${tag}_pe" --rows="$pe_rows" --columns="$columns" --valueSize="$cell_bytes" \
+    --caching="$caching" "$@" "$workers" >"$out/pe-${*: -1}.log" 2>&1 || true
   tail -n +"$((before + 1))" "$log" | grep -a "duration \]" | tail -1
 }
 pe --presplit=16 sequentialWrite >/dev/null
 pe_ms=$(pe --addColumns=false scan | sed -n 's/.*Max: \([0-9]*\)ms.*/\1/p')
 if [[ -n "$pe_ms" ]]; then
   pe_rps=$(python3 -c "print(round($pe_rows * $workers / max($pe_ms, 1) * 1000))")
+  pe_cps=$(python3 -c "print(round($pe_rows * $workers * $columns / max($pe_ms, 1) * 1000))")
   ratio=$(python3 -c "print(round($(field verify_hbase targets.hbase.rows_per_s) / $pe_rps, 2))")
 else
   pe_rps="n/a (see $out/pe-scan.log)"
+  pe_cps=n/a
   ratio=n/a
 fi
+hcps=$(python3 -c "print(round($hcells / max($hsecs, 1e-3)))")
 
 cat <<TXT
 == $rows rows ($msgs messages), $workers workers, $(nproc) cores (shared machine: numbers move with its load)
@@ -109,8 +120,8 @@ kafka fold                   $(field verify targets.kafka.rows_per_s) rows/s
 source                       $(field verify_kafka source_rows_per_s) rows/s
 pushed down (MariaDB COUNT+BIT_XOR(CRC32) of message, no mapping)  $push_rps rows/s
 == HBase side against HBase's own scan ceiling (same row count; 'verify --target hbase')
-verify's HBase side          $(field verify_hbase targets.hbase.rows_per_s) rows/s ($hrows rows through the Thrift2 gateway, $workers workers)
-PerformanceEvaluation scan   $pe_rps rows/s ($workers clients x $pe_rows rows, 7 cells x $cell_bytes bytes, caching 2000, whole rows)
+verify's HBase side          $(field verify_hbase targets.hbase.rows_per_s) rows/s, $hcps cells/s ($hrows rows = $table_rows of the tables + $idmap_rows of the id map, $hcells cells, in ${hsecs}s through the Thrift2 gateway, $workers workers)
+PerformanceEvaluation scan   $pe_rps rows/s, $pe_cps cells/s ($workers clients x $pe_rows rows, $columns cells x $cell_bytes bytes, caching $caching, whole rows)
 ratio                        ${ratio}x
 verify all / base: $(python3 -c "print(round($(field verify rows_per_s) / max($(field base rows_per_s), 1), 2))")x
 details: $out

@@ -6,8 +6,9 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use super::digest::RowHasher;
+use super::idmap;
 use super::rows::{Filter, Locator, Pass, TargetCell, TargetRow};
-use crate::config::HbaseConfig;
+use crate::config::{EntityKind, HbaseConfig};
 use crate::error::{Error, Result};
 use crate::mapping::{self, TableSpec};
 use crate::pipeline::commit::{retry_blocking, RetryPolicy};
@@ -162,33 +163,202 @@ impl ScanDecoder {
     }
 }
 
-/// Digests (and, for a drill-down, rows) of every table.
+/// What one thread of [`pass`] gathers: its decoders, and each table's and
+/// the id map's digests over the ranges it read.
+struct Gathered {
+    dec: ScanDecoder,
+    id_dec: idmap::ScanDecoder,
+    tables: Vec<Pass<TargetRow>>,
+    id_map: Pass<idmap::Entry>,
+}
+
+/// One range's rows, kept apart until the range is complete.
+enum Range {
+    /// Of `tables[i]`.
+    Table(usize, Pass<TargetRow>),
+    IdMap(Pass<idmap::Entry>),
+}
+
+/// The first pass of the HBase side.
+pub struct HbasePass {
+    /// Digests (and, for a drill-down, rows) of each table.
+    pub tables: Vec<Pass<TargetRow>>,
+    /// The id map's, bucketed like the message table (when asked for).
+    pub id_map: Option<Pass<idmap::Entry>>,
+    /// What was read from HBase, the id map included (sampled out or not).
+    pub scanned: Scanned,
+}
+
+/// How much a pass read from HBase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Scanned {
+    pub rows: u64,
+    pub cells: u64,
+    /// The cells' values, in bytes.
+    pub value_bytes: u64,
+}
+
+impl Scanned {
+    fn add(&mut self, o: Scanned) {
+        self.rows += o.rows;
+        self.cells += o.cells;
+        self.value_bytes += o.value_bytes;
+    }
+}
+
+/// Digests (and, for a drill-down, rows) of every table and, with
+/// `id_map` (the message table's filter), of the id map, all in one set of
+/// parallel scans. A table whose filter wants no bucket is not read.
 pub fn pass(
     cfg: &HbaseConfig,
     tables: &[HbaseTable],
     filters: &[Filter],
+    id_map: Option<&Filter>,
     workers: usize,
-) -> Result<Vec<Pass<TargetRow>>> {
-    let salts = cfg.salt_buckets.max(1);
-    let mut q = VecDeque::new();
-    for ti in 0..tables.len() {
-        for s in 0..salts {
-            q.push_back((ti, s));
+) -> Result<HbasePass> {
+    // The longest ranges first, so that they are not the last ones left
+    // running: the message table's (a message's salt is its room's, and
+    // rooms differ in size: 5k to 42k rows a range in a 200k-message
+    // dataset), then the id map's (two rows per message), then the rest.
+    let mut names: Vec<(&str, Option<usize>)> = Vec::new();
+    if id_map.is_some_and(wants_some) {
+        names.push((cfg.id_map_table.as_str(), None));
+    }
+    for (i, t) in tables.iter().enumerate() {
+        if wants_some(&filters[i]) {
+            names.push((t.hbase_table.as_str(), Some(i)));
         }
     }
-    let queue = Mutex::new(q);
-    let results: Vec<Result<Vec<Pass<TargetRow>>>> = std::thread::scope(|scope| {
-        let threads =
-            (workers * SCANS_PER_WORKER).clamp(1, usize::from(salts) * tables.len().max(1));
+    names.sort_by_key(|&(_, ti)| match ti {
+        Some(ti) if tables[ti].spec.kind == EntityKind::Message => 0,
+        None => 1,
+        Some(_) => 2,
+    });
+    // (Without the id map, none of its ranges is read: any filter does.)
+    let id_filter = id_map.cloned().unwrap_or(Filter {
+        buckets: 1,
+        sample: super::digest::Sample::percent(100.0),
+        wanted: None,
+    });
+    let threads = workers * SCANS_PER_WORKER;
+    let tables_of =
+        || -> Vec<Pass<TargetRow>> { filters.iter().map(|f| Pass::new(f.buckets)).collect() };
+    let tnames: Vec<&str> = names.iter().map(|n| n.0).collect();
+    let gathered = scan_ranges(
+        cfg,
+        &tnames,
+        threads,
+        || Gathered {
+            dec: ScanDecoder::default(),
+            id_dec: idmap::ScanDecoder::default(),
+            tables: tables_of(),
+            id_map: Pass::new(id_filter.buckets),
+        },
+        |j| match names[j].1 {
+            Some(ti) => Range::Table(ti, Pass::new(filters[ti].buckets)),
+            None => Range::IdMap(Pass::new(id_filter.buckets)),
+        },
+        |g, range, _, r| {
+            super::failpoint_read_delay();
+            match range {
+                Range::Table(ti, o) => {
+                    let (t, f) = (&tables[*ti], &filters[*ti]);
+                    let (key, hash) = g.dec.digest(t, &r);
+                    if let Some(b) = f.admits(key) {
+                        o.rows += 1;
+                        o.digests[b as usize].add(hash);
+                        if f.keeps_rows() {
+                            let row = g.dec.target_row(&r, hash);
+                            o.kept.entry(row.key.clone()).or_default().push(row);
+                        }
+                    }
+                }
+                Range::IdMap(o) => {
+                    let (legacy, hash) = g.id_dec.digest(&r);
+                    if let Some(b) = id_filter.admits(legacy) {
+                        o.rows += 1;
+                        o.digests[b as usize].add(hash);
+                        if id_filter.keeps_rows() {
+                            let e = g.id_dec.entry(&r, hash);
+                            o.kept.entry(e.key.clone()).or_default().push(e);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        },
+        |g, _, range| match range {
+            Range::Table(ti, p) => g.tables[ti].merge(p),
+            Range::IdMap(p) => g.id_map.merge(p),
+        },
+    )?;
+    // Digests add up in any order (count, XOR, wrapping sum), so the
+    // threads' shares merge into the same result whatever ranges each read.
+    let mut out = HbasePass {
+        tables: tables_of(),
+        id_map: id_map.map(|f| Pass::new(f.buckets)),
+        scanned: Scanned::default(),
+    };
+    for (g, scanned) in gathered {
+        for (o, p) in out.tables.iter_mut().zip(g.tables) {
+            o.merge(p);
+        }
+        if let Some(o) = out.id_map.as_mut() {
+            o.merge(g.id_map);
+        }
+        out.scanned.add(scanned);
+    }
+    Ok(out)
+}
+
+/// Whether a filter admits any bucket (a drill-down may want none of a table).
+fn wants_some(f: &Filter) -> bool {
+    f.wanted.as_ref().is_none_or(|w| !w.is_empty())
+}
+
+/// The row-key range of salt `s` in a table pre-split at every salt value
+/// ([`crate::mapping::keys::splits`]): one region.
+fn salt_range(salts: u16, s: u16) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    let start = (s > 0).then(|| vec![s as u8]);
+    let stop = (s + 1 < salts).then(|| vec![(s + 1) as u8]);
+    (start, stop)
+}
+
+/// Scans every salt range of every table of `tables`, at most `threads` at
+/// a time, each thread with its own Thrift connection and its own `A` (made
+/// by `acc`), taking ranges from one queue in order (table by table). A
+/// range is read whole or again from its start (a gateway restarting
+/// mid-scan): its rows go into a fresh `R` (made by `range(table index)`)
+/// through `row`, and only a complete range is handed to `done`. Returns
+/// each thread's `A` with what it read in complete ranges.
+fn scan_ranges<A: Send, R>(
+    cfg: &HbaseConfig,
+    tables: &[&str],
+    threads: usize,
+    acc: impl Fn() -> A + Sync,
+    range: impl Fn(usize) -> R + Sync,
+    row: impl Fn(&mut A, &mut R, usize, ScanRow<'_>) -> Result<()> + Sync,
+    done: impl Fn(&mut A, usize, R) + Sync,
+) -> Result<Vec<(A, Scanned)>> {
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
+    let salts = cfg.salt_buckets.max(1);
+    let queue: Mutex<VecDeque<(usize, u16)>> = Mutex::new(
+        (0..tables.len())
+            .flat_map(|ti| (0..salts).map(move |s| (ti, s)))
+            .collect(),
+    );
+    let threads = threads.clamp(1, (usize::from(salts) * tables.len()).max(1));
+    let results: Vec<Result<(A, Scanned)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
-                scope.spawn(|| -> Result<Vec<Pass<TargetRow>>> {
-                    let mut out: Vec<Pass<TargetRow>> =
-                        filters.iter().map(|f| Pass::new(f.buckets)).collect();
+                scope.spawn(|| -> Result<(A, Scanned)> {
+                    let mut a = acc();
+                    let mut scanned = Scanned::default();
                     let connect =
                         || HbaseClient::connect(cfg).map_err(crate::pipeline::lane::as_transient);
                     let mut client = Some(connect()?);
-                    let mut dec = ScanDecoder::default();
                     let policy = RetryPolicy::default();
                     loop {
                         let next = queue
@@ -196,47 +366,47 @@ pub fn pass(
                             .map_err(|_| Error::Other("queue poisoned".into()))?
                             .pop_front();
                         let Some((ti, s)) = next else {
-                            return Ok(out);
+                            return Ok((a, scanned));
                         };
-                        let (t, f) = (&tables[ti], &filters[ti]);
-                        let start = (s > 0).then(|| vec![s as u8]);
-                        let stop = (s + 1 < salts).then(|| vec![(s + 1) as u8]);
-                        // A range is read whole or again from its start (a
-                        // gateway restarting mid-scan): its rows are counted
-                        // only once it is complete.
-                        let what = format!("scan of {} salt {s}", t.hbase_table);
-                        let range = retry_blocking(&policy, &what, || {
+                        let (start, stop) = salt_range(salts, s);
+                        let what = format!("scan of {} salt {s}", tables[ti]);
+                        let t0 = std::time::Instant::now();
+                        let (r, n) = retry_blocking(&policy, &what, || {
                             let c = match client.as_mut() {
                                 Some(c) => c,
                                 None => client.insert(connect()?),
                             };
-                            let mut o: Pass<TargetRow> = Pass::new(f.buckets);
-                            let r = c.scan_rows(
-                                &t.hbase_table,
+                            let mut r = range(ti);
+                            let mut n = Scanned::default();
+                            let res = c.scan_rows(
+                                tables[ti],
                                 start.clone(),
                                 stop.clone(),
                                 SCAN_BATCH,
-                                |r| {
-                                    super::failpoint_read_delay();
-                                    let (key, hash) = dec.digest(t, &r);
-                                    if let Some(b) = f.admits(key) {
-                                        o.rows += 1;
-                                        o.digests[b as usize].add(hash);
-                                        if f.keeps_rows() {
-                                            let row = dec.target_row(&r, hash);
-                                            o.kept.entry(row.key.clone()).or_default().push(row);
-                                        }
-                                    }
-                                    Ok(())
+                                |x| {
+                                    n.rows += 1;
+                                    n.cells += x.len() as u64;
+                                    n.value_bytes +=
+                                        x.cells().map(|c| c.value.len() as u64).sum::<u64>();
+                                    row(&mut a, &mut r, ti, x)
                                 },
                             );
-                            if r.is_err() {
+                            if res.is_err() {
                                 // Its state is unknown: a new connection next time.
                                 client = None;
                             }
-                            r.map(|_| o)
+                            res.map(|_| (r, n))
                         })?;
-                        out[ti].merge(range);
+                        done(&mut a, ti, r);
+                        tracing::debug!(
+                            table = tables[ti],
+                            salt = s,
+                            rows = n.rows,
+                            cells = n.cells,
+                            secs = t0.elapsed().as_secs_f64(),
+                            "scanned a salt range"
+                        );
+                        scanned.add(n);
                     }
                 })
             })
@@ -249,13 +419,7 @@ pub fn pass(
             })
             .collect()
     });
-    let mut out: Vec<Pass<TargetRow>> = filters.iter().map(|f| Pass::new(f.buckets)).collect();
-    for r in results {
-        for (o, p) in out.iter_mut().zip(r?) {
-            o.merge(p);
-        }
-    }
-    Ok(out)
+    results.into_iter().collect()
 }
 
 /// The rows stored at these row keys (absent rows are left out).

@@ -6,13 +6,8 @@
 //! so the source side is counted in the same pass as the messages.
 
 use super::digest::RowHasher;
-use super::rows::{Filter, Pass};
-use crate::config::HbaseConfig;
-use crate::error::Result;
 use crate::mapping::{keys, Canonical};
-use crate::pipeline::commit::{retry_blocking, RetryPolicy};
-use crate::sink::hbase::thrift2::TResult;
-use crate::sink::hbase::HbaseClient;
+use crate::sink::hbase::wire::ScanRow;
 
 /// One id-map row, as the source says it should be or as HBase holds it.
 #[derive(Debug, Clone)]
@@ -69,69 +64,148 @@ pub fn expected(c: &Canonical, salt_buckets: u16, hasher: &mut RowHasher) -> Vec
     ]
 }
 
-/// A stored row read back.
-fn decode(r: TResult, hasher: &mut RowHasher) -> Entry {
-    let row_key = r.row.unwrap_or_default();
-    let id = (row_key.len() == 10)
-        .then(|| u64::from_be_bytes(row_key[2..10].try_into().expect("8 bytes")));
-    let tag = row_key.get(1).copied();
-    let cell = |name: &[u8]| {
-        r.column_values
-            .iter()
-            .find(|c| c.qualifier == name)
-            .and_then(|c| String::from_utf8(c.value.clone()).ok())
-    };
-    let (key, legacy) = match (tag, id) {
-        (Some(b'L'), Some(id)) => (format!("L:{id}"), id.to_string()),
-        (Some(b'N'), Some(id)) => (
-            format!("N:{id}"),
-            cell(b"legacy_id").unwrap_or_else(|| "?".into()),
-        ),
-        _ => {
-            let k = format!("?{}", crate::mapping::hex(&row_key));
-            (k.clone(), k)
+/// Decodes stored id-map rows without allocating per row: the buffers are
+/// reused from row to row, and an [`Entry`] is made only when it is kept.
+#[derive(Default)]
+pub struct ScanDecoder {
+    hasher: RowHasher,
+    key: String,
+    legacy: String,
+}
+
+impl ScanDecoder {
+    /// The legacy id (its bucket) and hash of a stored row: `L·legacy` has
+    /// key `L:<legacy>`, `N·new id` key `N:<new id>` and the legacy id of
+    /// its `legacy_id` cell (`?` without one); any other row key is `?` +
+    /// the row key in hex, both as key and as legacy id. The strings stay
+    /// valid until the next call.
+    pub fn digest(&mut self, r: &ScanRow<'_>) -> (&str, u128) {
+        use std::fmt::Write;
+        let row_key = r.row().unwrap_or_default();
+        let id = (row_key.len() == 10)
+            .then(|| u64::from_be_bytes(row_key[2..10].try_into().expect("8 bytes")));
+        let (key, legacy) = (&mut self.key, &mut self.legacy);
+        key.clear();
+        legacy.clear();
+        match (row_key.get(1).copied(), id) {
+            (Some(b'L'), Some(id)) => {
+                let _ = write!(key, "L:{id}");
+                let _ = write!(legacy, "{id}");
+            }
+            (Some(b'N'), Some(id)) => {
+                let _ = write!(key, "N:{id}");
+                let cell = r
+                    .cells()
+                    .find(|c| c.qualifier == b"legacy_id")
+                    .and_then(|c| std::str::from_utf8(c.value).ok());
+                legacy.push_str(cell.unwrap_or("?"));
+            }
+            _ => {
+                key.push('?');
+                key.push_str(&crate::mapping::hex(row_key));
+                legacy.push_str(key);
+            }
         }
-    };
-    let hash = hasher.hash_cells(
-        "id_map",
-        &key,
-        r.column_values
-            .iter()
-            .map(|c| (c.qualifier.as_slice(), c.value.as_slice())),
-        Some(&row_key),
-    );
-    Entry {
-        key,
-        legacy,
-        hash,
-        row_key,
-        cells: r
-            .column_values
-            .iter()
-            .map(|c| (c.qualifier.clone(), c.timestamp.unwrap_or(0)))
-            .collect(),
+        let hash = self.hasher.hash_cells(
+            "id_map",
+            key,
+            r.cells().map(|c| (c.qualifier, c.value)),
+            Some(row_key),
+        );
+        (&self.legacy, hash)
+    }
+
+    /// The row last digested, as an owned [`Entry`].
+    pub fn entry(&self, r: &ScanRow<'_>, hash: u128) -> Entry {
+        Entry {
+            key: self.key.clone(),
+            legacy: self.legacy.clone(),
+            hash,
+            row_key: r.row().unwrap_or_default().to_vec(),
+            cells: r
+                .cells()
+                .map(|c| (c.qualifier.to_vec(), c.timestamp.unwrap_or(0)))
+                .collect(),
+        }
     }
 }
 
-/// Digests (and, for a drill-down, the entries) of the id-map table, bucketed
-/// by `filter` on the legacy id.
-pub fn pass(cfg: &HbaseConfig, filter: &Filter, policy: &RetryPolicy) -> Result<Pass<Entry>> {
-    let what = format!("scan of {}", cfg.id_map_table);
-    retry_blocking(policy, &what, || {
-        let mut c = HbaseClient::connect(cfg).map_err(crate::pipeline::lane::as_transient)?;
-        let mut hasher = RowHasher::default();
-        let mut out: Pass<Entry> = Pass::new(filter.buckets);
-        c.scan(&cfg.id_map_table, None, None, 2000, |r| {
-            let e = decode(r, &mut hasher);
-            if let Some(b) = filter.admits(&e.legacy) {
-                out.rows += 1;
-                out.digests[b as usize].add(e.hash);
-                if filter.keeps_rows() {
-                    out.kept.entry(e.key.clone()).or_default().push(e);
-                }
-            }
-            Ok(())
-        })?;
-        Ok(out)
-    })
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::{canonical, MapContext, SrcVal};
+    use crate::sink::hbase::cells;
+    use crate::sink::hbase::thrift2::{TColumnValue, TResult};
+    use crate::sink::hbase::wire::tests::scan_rows_of;
+
+    fn stored(row: Vec<u8>, cells: Vec<(&str, &str)>) -> TResult {
+        let cells = cells
+            .into_iter()
+            .map(|(q, v)| {
+                let (q, v) = (q.as_bytes().to_vec(), v.as_bytes().to_vec());
+                TColumnValue::new(b"d".to_vec(), q, v, Some(5), None, None)
+            })
+            .collect();
+        TResult::new(Some(row), cells, None, None)
+    }
+
+    /// The rows base writes for a message decode to the entries the source
+    /// side expects (same keys, legacy ids and hashes); an `N` row without
+    /// its `legacy_id` and a foreign row key get keys no message has.
+    #[test]
+    fn stored_rows_hash_as_the_source_expects() {
+        let ctx = MapContext {
+            salt_buckets: 16,
+            epoch_ms: 1_262_304_000_000,
+            default_version_ms: 0,
+            min_version_ms: 0,
+        };
+        let row = vec![
+            SrcVal::UInt(42),
+            SrcVal::UInt(1001),
+            SrcVal::UInt(7),
+            SrcVal::Bytes(b"hi".to_vec()),
+            SrcVal::UInt(1_500_000_000),
+            SrcVal::UInt(0),
+            SrcVal::Int(0),
+        ];
+        let c = canonical(crate::config::EntityKind::Message, &row, &ctx).unwrap();
+        let (legacy, new_id, room) = c.id_pair.unwrap();
+        let want = expected(&c, 16, &mut RowHasher::default());
+        let mut results: Vec<TResult> = cells::id_map_puts(legacy, new_id, room, 16, 9, b"d")
+            .into_iter()
+            .map(|p| TResult::new(Some(p.row), p.column_values, None, None))
+            .collect();
+        let n_key = keys::id_map_new(16, 77);
+        results.push(stored(n_key.clone(), vec![("x", "1")]));
+        results.push(stored(vec![1, 2, 3], vec![("legacy_id", "42")]));
+        let rows = scan_rows_of(&results);
+        let mut dec = ScanDecoder::default();
+        let got: Vec<Entry> = rows
+            .iter()
+            .map(|r| {
+                let (legacy, hash) = dec.digest(&r);
+                let legacy = legacy.to_string();
+                let e = dec.entry(&r, hash);
+                assert_eq!(e.legacy, legacy);
+                e
+            })
+            .collect();
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(
+                (&g.key, &g.legacy, g.hash, &g.row_key),
+                (&w.key, &w.legacy, w.hash, &w.row_key)
+            );
+            assert!(g.cells.iter().all(|(_, ts)| *ts == 9));
+        }
+        assert_eq!(want[0].key, format!("L:{legacy}"));
+        assert_eq!((got[2].key.as_str(), got[2].legacy.as_str()), ("N:77", "?"));
+        assert_eq!(got[2].row_key, n_key);
+        assert_eq!(got[2].cells, vec![(b"x".to_vec(), 5)]);
+        assert_eq!(
+            (got[3].key.as_str(), got[3].legacy.as_str()),
+            ("?010203", "?010203")
+        );
+        assert_eq!(got.len(), 4);
+    }
 }

@@ -88,8 +88,16 @@ pub struct TargetSummary {
     pub buckets: u64,
     pub mismatched_buckets: u64,
     pub report: Option<String>,
-    /// Seconds this target's first pass took (it runs beside the others).
+    /// Rows this target's first pass read: HBase, every row scanned (the
+    /// tables' and the id map's, sampled out or not); Kafka, the keys'
+    /// latest states (`target_rows`).
+    pub read_rows: u64,
+    /// HBase: what the first pass scanned (rows, cells, value bytes).
+    pub scanned: Option<hbase::Scanned>,
+    /// Seconds this target's first pass took (it runs beside the others;
+    /// HBase's includes the id map's scans).
     pub elapsed_s: f64,
+    /// `read_rows` per second of `elapsed_s`.
     pub rows_per_s: f64,
     /// After `--repair`: rows still differing.
     pub remaining: Option<u64>,
@@ -190,7 +198,6 @@ struct Ctx {
 use crate::mapping::Canonical;
 use crate::pipeline::base::now_ms;
 use crate::pipeline::commit::blocking;
-use crate::pipeline::retry::RetryPolicy;
 
 fn mismatched(a: &[Digest], b: &[Digest]) -> HashSet<u32> {
     a.iter()
@@ -375,10 +382,13 @@ impl Ctx {
         Ok((r, t0.elapsed().as_secs_f64()))
     }
 
+    /// The HBase side's pass over the tables and, with `id_map` (the
+    /// message table's filter), the id map, in one set of parallel scans.
     async fn hbase_pass(
         &self,
         filters: &[Filter],
-    ) -> Result<Option<Timed<Vec<rows::Pass<TargetRow>>>>> {
+        id_map: Option<Filter>,
+    ) -> Result<Option<Timed<hbase::HbasePass>>> {
         if !self.opts.hbase {
             return Ok(None);
         }
@@ -389,7 +399,7 @@ impl Ctx {
             self.opts.workers,
         );
         let t0 = Instant::now();
-        let r = blocking(move || hbase::pass(&cfg, &tables, &filters, w)).await?;
+        let r = blocking(move || hbase::pass(&cfg, &tables, &filters, id_map.as_ref(), w)).await?;
         Ok(Some((r, t0.elapsed().as_secs_f64())))
     }
 
@@ -413,17 +423,17 @@ impl Ctx {
     async fn verify(self, started: Instant) -> Result<VerifySummary> {
         let n = self.tables.len();
         let filters = self.filters(None);
-        let (s, h, k, im) = tokio::join!(
+        let (s, h, k) = tokio::join!(
             self.source_pass(&filters),
-            self.hbase_pass(&filters),
+            self.hbase_pass(&filters, self.id_map_filter(&filters, None)),
             self.kafka_pass(&filters),
-            self.id_map_pass(&filters, None)
         );
-        let ((src, src_s), h, k, im) = (s?, h?, k?, im?);
+        let ((src, src_s), mut h, k) = (s?, h?, k?);
+        let im = h.as_mut().and_then(|(p, _)| p.id_map.take());
         let none = vec![HashSet::new(); n];
         let mm_h: Vec<HashSet<u32>> = match &h {
             Some((p, _)) => (0..n)
-                .map(|i| mismatched(&src[i].hbase, &p[i].digests))
+                .map(|i| mismatched(&src[i].hbase, &p.tables[i].digests))
                 .collect(),
             None => none.clone(),
         };
@@ -526,7 +536,7 @@ impl Ctx {
         let mut per_table: Vec<BTreeMap<&'static str, TableTarget>> = vec![BTreeMap::new(); n];
         let target_rows = |t: Target, i: usize| -> u64 {
             match t {
-                Target::Hbase => h.as_ref().map_or(0, |(p, _)| p[i].rows),
+                Target::Hbase => h.as_ref().map_or(0, |(p, _)| p.tables[i].rows),
                 Target::Kafka => k.as_ref().map_or(0, |(p, _)| p[i].pass.rows),
             }
         };
@@ -549,6 +559,11 @@ impl Ctx {
             }
             let c = acc.counts_of(t, None);
             let rows: u64 = (0..n).map(|i| target_rows(t, i)).sum();
+            let scanned = match t {
+                Target::Hbase => h.as_ref().map(|(p, _)| p.scanned),
+                Target::Kafka => None,
+            };
+            let read_rows = scanned.map_or(rows, |s| s.rows);
             let secs = secs.unwrap_or(0.0);
             for (i, pt) in per_table.iter_mut().enumerate() {
                 let counts = acc.counts_of(t, Some(i));
@@ -581,8 +596,10 @@ impl Ctx {
                     buckets: filters.iter().map(|f| u64::from(f.buckets)).sum(),
                     mismatched_buckets: mm.iter().map(|m| m.len() as u64).sum(),
                     report: report.clone(),
+                    read_rows,
+                    scanned,
                     elapsed_s: secs,
-                    rows_per_s: rows as f64 / secs.max(1e-9),
+                    rows_per_s: read_rows as f64 / secs.max(1e-9),
                     remaining: repair
                         .as_ref()
                         .map(|_| acc.remaining.get(&t.as_str()).copied().unwrap_or(0)),
@@ -757,21 +774,29 @@ impl Ctx {
             .position(|t| t.spec.kind == crate::config::EntityKind::Message)
     }
 
-    /// The id map's pass (None when HBase is not verified or no message
-    /// table is mapped), bucketed like the message table.
+    /// The id map's filter: the message table's (None when HBase is not
+    /// verified or no message table is mapped), with these buckets only.
+    fn id_map_filter(&self, filters: &[Filter], wanted: Option<&HashSet<u32>>) -> Option<Filter> {
+        let mi = self.message_table().filter(|_| self.opts.hbase)?;
+        let mut f = filters[mi].clone();
+        f.wanted = wanted.map(|w| Arc::new(w.clone()));
+        Some(f)
+    }
+
+    /// The id map's pass alone, over these buckets (None when there is no
+    /// id map to verify).
     async fn id_map_pass(
         &self,
         filters: &[Filter],
-        wanted: Option<&HashSet<u32>>,
+        wanted: &HashSet<u32>,
     ) -> Result<Option<rows::Pass<idmap::Entry>>> {
-        let Some(mi) = self.message_table().filter(|_| self.opts.hbase) else {
+        let Some(f) = self.id_map_filter(filters, Some(wanted)) else {
             return Ok(None);
         };
-        let mut f = filters[mi].clone();
-        f.wanted = wanted.map(|w| Arc::new(w.clone()));
-        let cfg = self.cfg.hbase.clone();
-        let r = blocking(move || idmap::pass(&cfg, &f, &RetryPolicy::default())).await?;
-        Ok(Some(r))
+        let none: Vec<Filter> = Vec::new();
+        let (cfg, w) = (self.cfg.hbase.clone(), self.opts.workers);
+        let r = blocking(move || hbase::pass(&cfg, &[], &none, Some(&f), w)).await?;
+        Ok(r.id_map)
     }
 
     /// The id-map rows of these buckets that differ from what the source's
@@ -790,7 +815,7 @@ impl Ctx {
             .pass(&tables, &Arc::new(vec![f]), self.opts.workers)
             .await?;
         let stored = self
-            .id_map_pass(filters, Some(group))
+            .id_map_pass(filters, group)
             .await?
             .unwrap_or_else(|| rows::Pass::new(1));
         let mut hasher = digest::RowHasher::default();
@@ -942,7 +967,7 @@ impl Ctx {
         );
         let (ds, dh, dk) = tokio::join!(
             self.source_pass(&fs),
-            self.hbase_pass(&fh),
+            self.hbase_pass(&fh, None),
             self.kafka_pass(&fk)
         );
         let (ds, dh, dk) = (ds?.0, dh?, dk?);
@@ -950,7 +975,7 @@ impl Ctx {
             drills[i].src = p.kept;
         }
         if let Some((dh, _)) = dh {
-            for (i, p) in dh.into_iter().enumerate() {
+            for (i, p) in dh.tables.into_iter().enumerate() {
                 drills[i].hbase = p.kept;
             }
         }

@@ -674,7 +674,7 @@ fn skip<R: Read>(r: &mut R, ty: u8, depth: u32) -> std::result::Result<(), Reply
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::mapping::{canonical, MapContext, SrcVal};
     use crate::sink::hbase::cells;
@@ -789,6 +789,14 @@ mod tests {
         }
         let mut out = (body.len() as i32).to_be_bytes().to_vec();
         out.extend(body);
+        out
+    }
+
+    /// `rows` as a `getScannerRows` reply decodes them.
+    pub(crate) fn scan_rows_of(rows: &[TResult]) -> ScanRows {
+        let bytes = reply::<TIOError>(false, 1, rows, None);
+        let mut out = ScanRows::default();
+        read_rows_reply(&mut bytes.as_slice(), false, 1, &mut out).unwrap();
         out
     }
 
