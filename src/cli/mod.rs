@@ -37,8 +37,32 @@ pub fn report_error(e: &Error) -> i32 {
 }
 
 pub fn run_migrate() -> i32 {
+    limit_malloc_arenas();
     migrate::main()
 }
+
+/// glibc's malloc arenas the migrator may use (unless `MALLOC_ARENA_MAX` says
+/// otherwise). glibc's default, eight per core, lets the memory of records
+/// allocated on one thread (a worker encoding events) and freed on another
+/// (librdkafka's broker threads) spread over many arenas whose free space no
+/// other thread reuses: measured on a 6.1M-row base, Kafka only, peak RSS
+/// 101 MiB with the default and 65 MiB with 2 arenas, flat from 1.2M rows.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MALLOC_ARENAS: libc::c_int = 2;
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: called before any thread of ours starts; mallopt only sets
+        // a tunable of the allocator.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
 
 pub fn run_fixtures() -> i32 {
     fixtures::main()

@@ -2,8 +2,9 @@
 //! instead of puts, a unit's cells go into sorted run files, one per table
 //! and region, in the unit's own folder under the staging dir.
 //!
-//! Memory is bounded: when the buffered cells pass the spill size they are
-//! sorted and written out as a run, and buffering starts again. A unit's
+//! Memory is bounded: a worker's cells, whatever their table, go into one
+//! buffer of the spill size, reserved once; when a cell does not fit, the
+//! buffer is sorted and written out as runs, and buffering starts again. A unit's
 //! folder is emptied when an attempt begins, so a retried or resumed unit
 //! never leaves cells of an earlier attempt behind. At the commit point
 //! ([`Stager::seal`]) the rest is written, every file and folder is fsynced
@@ -26,22 +27,24 @@ pub const SEALED: &str = "SEALED";
 pub struct Stager {
     root: PathBuf,
     splits: Vec<Vec<u8>>,
-    spill_bytes: usize,
-    /// One buffer per HBase table.
-    tables: Vec<(String, RunBuf)>,
+    /// The HBase tables met so far; a cell names its table by position.
+    tables: Vec<String>,
+    /// Every table's cells, in one buffer of the spill size.
+    buf: RunBuf,
     unit: Option<PathBuf>,
     seq: u32,
 }
 
 impl Stager {
     /// `root`: the folder of the units' folders; `splits`: the tables'
-    /// region boundaries; `spill_bytes`: the buffer that triggers a spill.
+    /// region boundaries; `spill_bytes`: the buffer's size (cells and their
+    /// index): when a cell does not fit, the buffer is spilled.
     pub fn new(root: &Path, splits: Vec<Vec<u8>>, spill_bytes: usize) -> Stager {
         Stager {
             root: root.to_path_buf(),
             splits,
-            spill_bytes,
             tables: Vec::new(),
+            buf: RunBuf::new(spill_bytes),
             unit: None,
             seq: 0,
         }
@@ -64,11 +67,11 @@ impl Stager {
     /// The cells of a canonical row, stamped with its source version.
     pub fn push_canonical(&mut self, table: &str, c: &Canonical, family: &[u8]) -> Result<()> {
         let ts = c.version_ms as i64;
-        let buf = self.buf(table);
+        let t = self.table(table);
         for (q, v) in cells::canonical_cells(c) {
-            buf.push(&c.row_key, family, q, ts, v);
+            self.push(t, &c.row_key, family, q, ts, v)?;
         }
-        self.spill_if_full()
+        Ok(())
     }
 
     /// The two id-map rows of a message (`cells::id_map_rows`), stamped like
@@ -82,34 +85,48 @@ impl Stager {
         family: &[u8],
     ) -> Result<()> {
         let ts = version_ms as i64;
-        let buf = self.buf(table);
+        let t = self.table(table);
         for (row, cs) in cells::id_map_rows(legacy, new_id, room_id, buckets) {
             for (q, v) in &cs {
-                buf.push(&row, family, q.as_bytes(), ts, v.as_bytes());
+                self.push(t, &row, family, q.as_bytes(), ts, v.as_bytes())?;
             }
-        }
-        self.spill_if_full()
-    }
-
-    fn buf(&mut self, table: &str) -> &mut RunBuf {
-        let i = match self.tables.iter().position(|(t, _)| t == table) {
-            Some(i) => i,
-            None => {
-                self.tables.push((table.to_string(), RunBuf::default()));
-                self.tables.len() - 1
-            }
-        };
-        &mut self.tables[i].1
-    }
-
-    fn spill_if_full(&mut self) -> Result<()> {
-        if self.tables.iter().map(|(_, b)| b.bytes()).sum::<usize>() >= self.spill_bytes {
-            tokio::task::block_in_place(|| self.spill())?;
         }
         Ok(())
     }
 
-    /// Writes every buffer out as sorted runs, one file per region:
+    fn table(&mut self, table: &str) -> u16 {
+        let i = match self.tables.iter().position(|t| t == table) {
+            Some(i) => i,
+            None => {
+                self.tables.push(table.to_string());
+                self.tables.len() - 1
+            }
+        };
+        u16::try_from(i).expect("fewer than 65,536 HBase tables")
+    }
+
+    /// Buffers one cell, spilling the buffer first when the cell does not fit.
+    fn push(
+        &mut self,
+        table: u16,
+        row: &[u8],
+        family: &[u8],
+        qualifier: &[u8],
+        ts: i64,
+        value: &[u8],
+    ) -> Result<()> {
+        if !self.buf.is_empty()
+            && !self
+                .buf
+                .fits(RunBuf::record_len(row, family, qualifier, value))
+        {
+            tokio::task::block_in_place(|| self.spill())?;
+        }
+        self.buf.push(table, row, family, qualifier, ts, value);
+        Ok(())
+    }
+
+    /// Writes the buffer out as sorted runs, one file per table and region:
     /// `<unit>/<table>/r<region>.s<spill>.run`.
     fn spill(&mut self) -> Result<()> {
         let Some(unit) = &self.unit else {
@@ -117,21 +134,22 @@ impl Stager {
                 "staged cells outside a unit of work".into(),
             ));
         };
+        if self.buf.is_empty() {
+            return Ok(());
+        }
         let seq = self.seq;
         self.seq += 1;
-        let splits = &self.splits;
-        for (table, buf) in &mut self.tables {
-            if buf.is_empty() {
-                continue;
-            }
-            let dir = unit.join(table.as_str());
-            create_private_dir(&dir)?;
-            buf.write_sorted(
-                |row| region_of(splits, row),
-                |r| dir.join(format!("r{r:05}.s{seq:05}.run")),
-            )
-            .map_err(|e| cp_err(&dir, e))?;
+        let dirs: Vec<PathBuf> = self.tables.iter().map(|t| unit.join(t.as_str())).collect();
+        for t in self.buf.tables() {
+            create_private_dir(&dirs[usize::from(t)])?;
         }
+        let splits = &self.splits;
+        self.buf
+            .write_sorted(
+                |row| region_of(splits, row),
+                |t, r| dirs[usize::from(t)].join(format!("r{r:05}.s{seq:05}.run")),
+            )
+            .map_err(|e| cp_err(unit, e))?;
         Ok(())
     }
 
@@ -140,7 +158,7 @@ impl Stager {
     pub fn seal(&mut self) -> Result<()> {
         self.spill()?;
         let unit = self.unit.take().expect("spill checked it");
-        for (table, _) in &self.tables {
+        for table in &self.tables {
             let dir = unit.join(table.as_str());
             if dir.exists() {
                 sync_dir(&dir)?;
@@ -158,9 +176,7 @@ impl Stager {
 
     /// Forgets the attempt in hand (its folder is emptied by the next `begin`).
     pub fn reset(&mut self) {
-        for (_, b) in &mut self.tables {
-            b.clear();
-        }
+        self.buf.clear();
         self.unit = None;
         self.seq = 0;
     }

@@ -104,17 +104,13 @@ impl Finish<'_> {
     pub(super) fn run(&self) -> Result<BulkSummary> {
         // Step 1, every table's HFiles; step 2, every table's load.
         let mut loads = Vec::new();
-        let mut runs: Option<BTreeMap<String, BTreeMap<usize, Vec<PathBuf>>>> = None;
         for table in self.tables {
             let load = match read_json::<TableLoad>(&self.state(table, "hfiles"))? {
                 Some(l) => l,
                 None => {
-                    if runs.is_none() {
-                        runs = Some(self.committed_runs()?);
-                    }
-                    let empty = BTreeMap::new();
-                    let mine = runs.as_ref().and_then(|r| r.get(table)).unwrap_or(&empty);
-                    let l = self.write_hfiles(table, mine)?;
+                    // One table's run files at a time: the list grows with
+                    // the chunks, so it is never held for every table.
+                    let l = self.write_hfiles(table, &self.committed_runs(table)?)?;
                     write_json_atomic(&self.state(table, "hfiles"), &l)?;
                     l
                 }
@@ -144,46 +140,36 @@ impl Finish<'_> {
         })
     }
 
-    /// The run files of every committed chunk: table → region → files.
-    fn committed_runs(&self) -> Result<BTreeMap<String, BTreeMap<usize, Vec<PathBuf>>>> {
-        let mut out: BTreeMap<String, BTreeMap<usize, Vec<PathBuf>>> = BTreeMap::new();
+    /// The run files of `table` in every committed chunk: region → files.
+    fn committed_runs(&self, table: &str) -> Result<BTreeMap<usize, Vec<PathBuf>>> {
+        let mut out: BTreeMap<usize, Vec<PathBuf>> = BTreeMap::new();
         let mut missing = Vec::new();
         let runs = self.root.join("runs");
-        for ((table, k), d) in self.done {
+        for ((source, k), d) in self.done {
             if d.hbase == 0 {
                 continue;
             }
-            let unit = runs.join(unit_name(table, *k));
+            let unit = runs.join(unit_name(source, *k));
             if !unit.join(SEALED).exists() {
-                missing.push(format!("{table} chunk {k}"));
+                missing.push(format!("{source} chunk {k}"));
                 continue;
             }
-            for t in list(&unit)? {
-                if !t.is_dir() {
-                    continue;
-                }
-                let name = t
+            let t = unit.join(table);
+            if !t.is_dir() {
+                continue;
+            }
+            for f in list(&t)? {
+                let fname = f
                     .file_name()
                     .unwrap_or_default()
                     .to_string_lossy()
                     .to_string();
-                for f in list(&t)? {
-                    let fname = f
-                        .file_name()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                        .to_string();
-                    let region = fname
-                        .strip_prefix('r')
-                        .and_then(|s| s.split('.').next())
-                        .and_then(|r| r.parse::<usize>().ok())
-                        .ok_or_else(|| cp_err(&f, "not a run file"))?;
-                    out.entry(name.clone())
-                        .or_default()
-                        .entry(region)
-                        .or_default()
-                        .push(f);
-                }
+                let region = fname
+                    .strip_prefix('r')
+                    .and_then(|s| s.split('.').next())
+                    .and_then(|r| r.parse::<usize>().ok())
+                    .ok_or_else(|| cp_err(&f, "not a run file"))?;
+                out.entry(region).or_default().push(f);
             }
         }
         if !missing.is_empty() {

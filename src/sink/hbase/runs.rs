@@ -1,6 +1,6 @@
-//! Sorted runs of HBase cells for the bulk load: a bounded buffer of cells
-//! is sorted in HBase's order ([`hfile::compare_keys`]) and written out as
-//! one run file per region, and the runs of a region are merged back into
+//! Sorted runs of HBase cells for the bulk load: a fixed-size buffer of
+//! cells is sorted in HBase's order ([`hfile::compare_keys`]) and written
+//! out as one run file per table and region, and the runs of a region are merged back into
 //! one sorted stream for the HFile writer.
 //!
 //! A run file is a sequence of records `key length u32 BE, value length u32
@@ -15,76 +15,169 @@ use std::path::{Path, PathBuf};
 
 use super::hfile::{self, compare_keys};
 
-/// Cells of one table in arrival order, sorted when written out.
-#[derive(Default)]
+/// Cells of several tables in arrival order, sorted when written out, in a
+/// buffer of fixed size: [`RunBuf::fits`] says when it is full, and its
+/// memory is reserved once and reused by every run (a buffer that grew by
+/// doubling, one per table, kept up to twice the budget per table alive).
 pub struct RunBuf {
     data: Vec<u8>,
-    /// Each record's row prefix (`hfile::row_prefix`) and start in `data`.
-    at: Vec<(u128, usize)>,
+    at: Vec<Entry>,
+    /// Cells buffered per table index.
+    counts: Vec<usize>,
+    data_cap: usize,
+    entries_cap: usize,
 }
 
-fn record_key(data: &[u8], at: usize) -> &[u8] {
+/// A buffered cell: its table, its row prefix (`hfile::row_prefix`, as two
+/// halves so the entry is 24 bytes, not 32) and its start in `data`.
+#[derive(Clone, Copy)]
+struct Entry {
+    hi: u64,
+    lo: u64,
+    at: u32,
+    table: u16,
+}
+
+/// The share of a buffer's budget for the cells' bytes; the rest indexes
+/// them (24 bytes a cell). The cells of the mapped tables average about 70
+/// bytes (key and value), so both parts fill up at about the same time.
+const DATA_SHARE: f64 = 0.75;
+
+fn record_key(data: &[u8], at: u32) -> &[u8] {
+    let at = at as usize;
     let kl = u32::from_be_bytes(data[at..at + 4].try_into().expect("4 bytes")) as usize;
     &data[at + 8..at + 8 + kl]
 }
 
-fn record(data: &[u8], at: usize) -> &[u8] {
+fn record(data: &[u8], at: u32) -> &[u8] {
+    let at = at as usize;
     let kl = u32::from_be_bytes(data[at..at + 4].try_into().expect("4 bytes")) as usize;
     let vl = u32::from_be_bytes(data[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
     &data[at..at + 8 + kl + vl]
 }
 
 impl RunBuf {
-    pub fn push(&mut self, row: &[u8], family: &[u8], qualifier: &[u8], ts: i64, value: &[u8]) {
+    /// A buffer of about `budget` bytes (cells and their index), at most
+    /// 4 GiB of cells. The memory is taken as it is first written.
+    pub fn new(budget: usize) -> RunBuf {
+        let data_cap = ((budget as f64 * DATA_SHARE) as usize).clamp(1024, u32::MAX as usize);
+        let entries_cap = ((budget - budget.min(data_cap)) / std::mem::size_of::<Entry>()).max(16);
+        RunBuf {
+            data: Vec::with_capacity(data_cap),
+            at: Vec::with_capacity(entries_cap),
+            counts: Vec::new(),
+            data_cap,
+            entries_cap,
+        }
+    }
+
+    /// The bytes a cell takes in the buffer.
+    pub fn record_len(row: &[u8], family: &[u8], qualifier: &[u8], value: &[u8]) -> usize {
+        8 + hfile::key_len(row, family, qualifier) + value.len()
+    }
+
+    /// Whether a cell of `len` bytes ([`RunBuf::record_len`]) fits without
+    /// growing the buffer. A cell larger than the whole buffer never fits:
+    /// it is pushed into an empty buffer, which grows for it and shrinks
+    /// back when written out.
+    pub fn fits(&self, len: usize) -> bool {
+        self.data.len() + len <= self.data_cap && self.at.len() < self.entries_cap
+    }
+
+    /// Buffers a cell of table number `table`.
+    pub fn push(
+        &mut self,
+        table: u16,
+        row: &[u8],
+        family: &[u8],
+        qualifier: &[u8],
+        ts: i64,
+        value: &[u8],
+    ) {
         let at = self.data.len();
+        assert!(
+            at + Self::record_len(row, family, qualifier, value) <= u32::MAX as usize,
+            "a run buffer holds at most 4 GiB"
+        );
         self.data.extend_from_slice(&[0; 8]);
         hfile::encode_key(&mut self.data, row, family, qualifier, ts);
         let kl = (self.data.len() - at - 8) as u32;
         self.data[at..at + 4].copy_from_slice(&kl.to_be_bytes());
         self.data[at + 4..at + 8].copy_from_slice(&(value.len() as u32).to_be_bytes());
         self.data.extend_from_slice(value);
-        self.at.push((hfile::row_prefix(row), at));
+        let p = hfile::row_prefix(row);
+        self.at.push(Entry {
+            hi: (p >> 64) as u64,
+            lo: p as u64,
+            at: at as u32,
+            table,
+        });
+        let t = usize::from(table);
+        if self.counts.len() <= t {
+            self.counts.resize(t + 1, 0);
+        }
+        self.counts[t] += 1;
     }
 
+    /// Bytes buffered (cells and index).
     pub fn bytes(&self) -> usize {
-        self.data.len() + self.at.len() * std::mem::size_of::<(u128, usize)>()
+        self.data.len() + self.at.len() * std::mem::size_of::<Entry>()
     }
 
     pub fn is_empty(&self) -> bool {
         self.at.is_empty()
     }
 
+    /// The table numbers with cells buffered.
+    pub fn tables(&self) -> impl Iterator<Item = u16> + '_ {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(t, _)| t as u16)
+    }
+
+    /// Empties the buffer, keeping its memory (shrunk back to the budget if
+    /// an oversized cell grew it).
     pub fn clear(&mut self) {
         self.data.clear();
         self.at.clear();
+        self.counts.clear();
+        if self.data.capacity() > self.data_cap {
+            self.data.shrink_to(self.data_cap);
+        }
+        if self.at.capacity() > self.entries_cap {
+            self.at.shrink_to(self.entries_cap);
+        }
     }
 
-    /// Sorts the cells and writes them, one file per region: `region(row)`
-    /// names a region (regions are key ranges, so sorted cells come region
-    /// by region) and `path(region)` its file. Files are synced; returns
-    /// them. The buffer is left empty.
+    /// Sorts the cells and writes them, one file per table and region:
+    /// `region(row)` names a region (regions are key ranges, so sorted
+    /// cells come region by region) and `path(table, region)` its file.
+    /// Files are synced; returns them. The buffer is left empty.
     pub fn write_sorted(
         &mut self,
         region: impl Fn(&[u8]) -> usize,
-        path: impl Fn(usize) -> PathBuf,
+        path: impl Fn(u16, usize) -> PathBuf,
     ) -> io::Result<Vec<PathBuf>> {
         let data = &self.data;
-        self.at.sort_unstable_by(|&(pa, a), &(pb, b)| {
-            pa.cmp(&pb)
-                .then_with(|| compare_keys(record_key(data, a), record_key(data, b)))
+        self.at.sort_unstable_by(|a, b| {
+            (a.table, a.hi, a.lo)
+                .cmp(&(b.table, b.hi, b.lo))
+                .then_with(|| compare_keys(record_key(data, a.at), record_key(data, b.at)))
         });
         let mut out = Vec::new();
-        let mut cur: Option<(usize, BufWriter<File>)> = None;
-        let mut last: Option<&[u8]> = None;
+        let mut cur: Option<((u16, usize), BufWriter<File>)> = None;
+        let mut last: Option<(u16, &[u8])> = None;
         // The region of the last row: a row's cells are side by side.
         let mut last_row: Option<(&[u8], usize)> = None;
-        for &(_, at) in &self.at {
-            let key = record_key(data, at);
+        for e in &self.at {
+            let key = record_key(data, e.at);
             // Equal keys are equal bytes (one encoding per key).
-            if last == Some(key) {
+            if last == Some((e.table, key)) {
                 continue;
             }
-            last = Some(key);
+            last = Some((e.table, key));
             let row = hfile::key_row(key);
             let r = match last_row {
                 Some((lr, r)) if lr == row => r,
@@ -94,16 +187,19 @@ impl RunBuf {
                     r
                 }
             };
-            if cur.as_ref().is_none_or(|(cr, _)| *cr != r) {
+            if cur.as_ref().is_none_or(|(c, _)| *c != (e.table, r)) {
                 if let Some((_, w)) = cur.take() {
                     finish(w)?;
                 }
-                let p = path(r);
-                cur = Some((r, BufWriter::with_capacity(1 << 16, File::create(&p)?)));
+                let p = path(e.table, r);
+                cur = Some((
+                    (e.table, r),
+                    BufWriter::with_capacity(1 << 16, File::create(&p)?),
+                ));
                 out.push(p);
             }
             let (_, w) = cur.as_mut().expect("opened above");
-            w.write_all(record(data, at))?;
+            w.write_all(record(data, e.at))?;
         }
         if let Some((_, w)) = cur.take() {
             finish(w)?;
@@ -253,38 +349,83 @@ mod tests {
         let region = |row: &[u8]| usize::from(row[0] >= 2);
         let mut all = Vec::new();
         let mut files = Vec::new();
+        let mut b = RunBuf::new(1 << 20);
         for run in 0..3u8 {
-            let mut b = RunBuf::default();
             for i in (0..100u8).rev() {
                 let row = [i % 4, i];
-                b.push(&row, b"d", b"q", i64::from(run % 2), &[run, i]);
+                // Table 1 gets the same keys as table 0: kept apart.
+                for t in [1, 0] {
+                    b.push(t, &row, b"d", b"q", i64::from(run % 2), &[run, i, t as u8]);
+                }
             }
             assert!(!b.is_empty());
+            assert_eq!(b.tables().collect::<Vec<_>>(), [0, 1]);
             let written = b
-                .write_sorted(region, |r| dir.join(format!("run{run}-r{r}")))
+                .write_sorted(region, |t, r| dir.join(format!("run{run}-t{t}-r{r}")))
                 .unwrap();
             assert!(b.is_empty());
-            assert_eq!(written.len(), 2);
+            assert_eq!(b.bytes(), 0);
+            let names: Vec<String> = written
+                .iter()
+                .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+                .collect();
+            assert_eq!(
+                names,
+                [0, 1, 2, 3].map(|i| format!("run{run}-t{}-r{}", i / 2, i % 2))
+            );
             files.push(written);
         }
-        for r in 0..2 {
-            let paths: Vec<PathBuf> = files.iter().map(|f| f[r].clone()).collect();
+        for (f, t, r) in [(0, 0u8, 0), (1, 0, 1), (2, 1, 0), (3, 1, 1)] {
+            let paths: Vec<PathBuf> = files.iter().map(|w| w[f].clone()).collect();
             let got = collect(&paths);
             // Runs 0 and 2 wrote the same keys (version 0): each key once.
-            assert_eq!(got.len(), 100, "region {r}");
+            assert_eq!(got.len(), 100, "file {f}");
             for w in got.windows(2) {
                 assert_eq!(compare_keys(&w[0].0, &w[1].0), Ordering::Less);
             }
-            for (k, _) in &got {
+            for (k, v) in &got {
                 assert_eq!(region(hfile::split_key(k).0), r);
+                assert_eq!(v[2], t, "a cell of its own table");
             }
             // A merge pass keeps the same stream.
-            let merged = dir.join(format!("merged{r}"));
+            let merged = dir.join(format!("merged{f}"));
             merge_into(&paths, &merged).unwrap();
             assert_eq!(collect(&[merged]), got);
             all.extend(got);
         }
-        assert_eq!(all.len(), 200);
+        assert_eq!(all.len(), 400);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_buffer_fills_to_its_budget_and_an_oversized_cell_still_goes_in() {
+        let dir = std::env::temp_dir().join(format!("falcon-runs-fit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut b = RunBuf::new(64 << 10);
+        // A 72-byte cell: its bytes and its index fill up together.
+        let value = [7u8; 46];
+        let len = RunBuf::record_len(b"row0", b"d", b"q", &value);
+        assert_eq!(len, 72);
+        let mut n = 0u32;
+        while b.fits(len) {
+            b.push(0, &n.to_be_bytes(), b"d", b"q", 1, &value);
+            n += 1;
+        }
+        // About the budget, never more.
+        assert!(b.bytes() <= 64 << 10, "{} bytes", b.bytes());
+        assert!(b.bytes() > 60 << 10, "{} bytes", b.bytes());
+        b.write_sorted(|_| 0, |_, _| dir.join("full")).unwrap();
+        assert_eq!(collect(&[dir.join("full")]).len(), n as usize);
+        // A cell larger than the whole buffer: it never fits, goes into the
+        // empty buffer anyway, and is written whole.
+        let big = vec![1u8; 100 << 10];
+        assert!(!b.fits(RunBuf::record_len(b"row", b"d", b"q", &big)));
+        b.push(0, b"row", b"d", b"q", 1, &big);
+        b.write_sorted(|_| 0, |_, _| dir.join("big")).unwrap();
+        let got = collect(&[dir.join("big")]);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1, big);
+        assert!(b.fits(len));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

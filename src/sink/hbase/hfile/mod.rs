@@ -57,6 +57,11 @@ pub const TYPE_PUT: u8 = 4;
 static CRC32C: crc::Crc<u32, crc::Table<16>> =
     crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
 
+/// The length of an encoded key ([`encode_key`]).
+pub fn key_len(row: &[u8], family: &[u8], qualifier: &[u8]) -> usize {
+    2 + row.len() + 1 + family.len() + qualifier.len() + 9
+}
+
 /// Appends a `KeyValue` key: row, family, qualifier, timestamp, type.
 pub fn encode_key(out: &mut Vec<u8>, row: &[u8], family: &[u8], qualifier: &[u8], ts: i64) {
     out.extend_from_slice(&(row.len() as u16).to_be_bytes());
