@@ -19,7 +19,7 @@
 # buffered (non-framed) transport and the binary protocol. The `up` readiness check speaks
 # exactly that (a raw THBaseService.listNamespaces() call), so it proves it every time.
 #
-# Usage: scripts/stack.sh up | down | reset | status | logs [SERVER] | hbase-shell | kafka-class CLASS ARGS | hbase-class CLASS ARGS
+# Usage: scripts/stack.sh up | down | reset | status | logs [SERVER] | hbase-shell | kafka-class CLASS ARGS | hbase-class CLASS|FILE.java ARGS
 #        scripts/stack.sh up --secure   (also the HTTPS Thrift gateway)
 #        scripts/stack.sh stop SERVER | start SERVER | kill SERVER | restart SERVER
 #   SERVER = mariadb | kafka | hbase | thrift | rest | thrift-tls
@@ -496,7 +496,24 @@ hbase_cmd() {
     -Djava.net.preferIPv4Stack=true -Djava.awt.headless=true -Dfalcon.stack="$STACK_DIR"
     -Dhbase.log.dir="$LOG_DIR" -Dhbase.log.file="hbase-$name.log"
     -Dlog4j2.configurationFile="$CONF_DIR/hbase/log4j2.properties"
-    -cp "$conf:$LIB_DIR/hbase/*" "$@")
+    -cp "${HBASE_CP_EXTRA:+$HBASE_CP_EXTRA:}$conf:$LIB_DIR/hbase/*" "$@")
+}
+
+# compile_java FILE.java: the folder holding FILE's compiled class, compiled on first use
+# and kept by content under $STACK_DIR/classes (Java's source launcher would compile the
+# file at every start: about 2 s of each bulk load here). Two callers racing both compile;
+# the first folder renamed in is kept.
+compile_java() {
+  local src="$1" sum dir tmp
+  sum="$(sha256sum "$src" | cut -c1-16)"
+  dir="$STACK_DIR/classes/$sum"
+  if [[ ! -d "$dir" ]]; then
+    mkdir -p "$STACK_DIR/classes"
+    tmp="$(mktemp -d "$STACK_DIR/classes/.tmp.XXXXXX")"
+    javac -nowarn -cp "$CONF_DIR/hbase:$LIB_DIR/hbase/*" -d "$tmp" "$src" >&2
+    mv -T "$tmp" "$dir" 2>/dev/null || rm -rf "$tmp"
+  fi
+  printf '%s\n' "$dir"
 }
 
 # A real Thrift2 call, raw bytes: THBaseService.listNamespaces() over a plain (unframed)
@@ -846,7 +863,12 @@ main() {
     hbase-shell) cmd_hbase_shell "$@" ;;
     kafka-class) # kafka-class MAINCLASS ARGS...: a Kafka tool on the stack's jars (benchmarks)
       kafka_java -Dlog4j2.configurationFile="$CONF_DIR/kafka/tools-log4j2.properties" "$@" ;;
-    hbase-class) # hbase-class MAINCLASS ARGS...: an HBase tool on the stack's jars and config
+    hbase-class) # hbase-class MAINCLASS|FILE.java ARGS...: an HBase tool on the stack's jars and config
+      if [[ "${1:-}" == *.java ]]; then
+        # A single-file program without a package (scripts/hbase/BulkLoadTables.java).
+        HBASE_CP_EXTRA="$(compile_java "$1")"
+        set -- "$(basename "$1" .java)" "${@:2}"
+      fi
       hbase_cmd tool 1g "$@"
       exec "${HBASE_CMD[@]}" ;;
     *)
