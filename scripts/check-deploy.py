@@ -10,17 +10,14 @@ and limits, reads the config from the ConfigMap and the password from the
 Secret through the environment, and no flag carries a secret.
 
   scripts/check-deploy.py [DIR]             exit 0 when all hold, 1 naming each failure
-  scripts/check-deploy.py --base-args [DIR] print the base container's args as JSON
+  (tests/deploy.rs also loads them into the Kubernetes API types.)
 """
-import json
 import sys
 from pathlib import Path
 
 import yaml
 
 args = sys.argv[1:]
-print_base = "--base-args" in args
-args = [a for a in args if a != "--base-args"]
 root = Path(args[0] if args else Path(__file__).resolve().parent.parent / "deploy")
 
 problems = []
@@ -97,7 +94,6 @@ def the(kind, component):
     return found[0] if found else (None, None)
 
 
-base_args = None
 name, job = the("Job", "base")
 if job:
     s = job["spec"]
@@ -106,7 +102,6 @@ if job:
     need(isinstance(n, int) and n >= 1, f"{name}: completions missing")
     need(s.get("parallelism") == n, f"{name}: parallelism {s.get('parallelism')} != completions {n}")
     for a in check_pod(name, s["template"]["spec"], ("Never", "OnFailure")):
-        base_args = a
         need(a[:1] == ["base"], f"{name}: not running base")
         need("--shard" not in a, f"{name}: a fixed --shard would give every pod the same shard")
         if need("--shards" in a, f"{name}: no --shards (the index comes from JOB_COMPLETION_INDEX)"):
@@ -141,7 +136,4 @@ if problems:
     for p in problems:
         print(f"deploy: {p}", file=sys.stderr)
     sys.exit(1)
-if print_base:
-    print(json.dumps(base_args))
-else:
-    print(f"deploy: {len(docs)} manifests ok ({', '.join(sorted(f'{k}/{n}' for k, n in docs))})")
+print(f"deploy: {len(docs)} manifests ok ({', '.join(sorted(f'{k}/{n}' for k, n in docs))})")

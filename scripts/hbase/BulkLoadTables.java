@@ -2,8 +2,13 @@
 // tool (BulkLoadHFilesTool, i.e. `completebulkload`) called once per table,
 // the tables side by side, instead of one JVM start per table.
 //
+//   java -cp "$(hbase classpath)" BulkLoadTables.java < PAIRS
 //   java -cp "$(hbase classpath)" BulkLoadTables.java DIR TABLE [DIR TABLE ...]
 //
+// With no arguments (how `falcon-migrate base --hbase-load bulk` runs it) the
+// pairs come one per line on stdin, `DIR TABLE`, each loaded as soon as it
+// arrives, until stdin closes; the JVM starts, and HBase's client classes and
+// a first connection are warmed up, while the migrator is still copying.
 // DIR holds <family>/<hfiles> (a file:// or hdfs:// URL). As each table is
 // loaded, the line `loaded TABLE` goes to stdout (the migrator records the
 // table as loaded on seeing it). Exit 0 when every table is loaded, 1 when
@@ -11,6 +16,9 @@
 // The tool moves each loaded file out of DIR, so running it again loads only
 // what an interrupted run left.
 
+import java.io.BufferedReader;
+import java.io.InputStreamReader;
+import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.ExecutionException;
@@ -22,44 +30,73 @@ import org.apache.hadoop.conf.Configuration;
 import org.apache.hadoop.fs.Path;
 import org.apache.hadoop.hbase.HBaseConfiguration;
 import org.apache.hadoop.hbase.TableName;
+import org.apache.hadoop.hbase.client.AsyncConnection;
+import org.apache.hadoop.hbase.client.ConnectionFactory;
 import org.apache.hadoop.hbase.tool.BulkLoadHFiles;
 
 public class BulkLoadTables {
   public static void main(String[] args) throws Exception {
-    if (args.length == 0 || args.length % 2 != 0) {
-      System.err.println("usage: BulkLoadTables DIR TABLE [DIR TABLE ...]");
+    if (args.length % 2 != 0) {
+      System.err.println("usage: BulkLoadTables [DIR TABLE ...]   (no arguments: DIR TABLE lines on stdin)");
       System.exit(2);
     }
     Configuration conf = HBaseConfiguration.create();
-    int n = args.length / 2;
-    ExecutorService pool = Executors.newFixedThreadPool(n);
+    ExecutorService pool = Executors.newCachedThreadPool();
+    List<String> tables = new ArrayList<>();
     List<Future<?>> loads = new ArrayList<>();
-    for (int i = 0; i < n; i++) {
-      String dir = args[2 * i];
-      String table = args[2 * i + 1];
-      loads.add(pool.submit(() -> {
-        // As the tool's own main: nothing loaded from a folder with files is a failure.
-        if (BulkLoadHFiles.create(conf).bulkLoad(TableName.valueOf(table), new Path(dir)).isEmpty()) {
-          throw new java.io.IOException("no HFile of " + dir + " was loaded");
+    if (args.length > 0) {
+      for (int i = 0; i < args.length; i += 2) {
+        tables.add(args[i + 1]);
+        loads.add(pool.submit(load(conf, args[i], args[i + 1])));
+      }
+    } else {
+      // While the HFiles are being written: load the client's classes and
+      // open (then close) a connection, which each load would otherwise pay.
+      try (AsyncConnection c = ConnectionFactory.createAsyncConnection(conf).get()) {
+        c.getAdmin().listTableNames().get();
+      } catch (Exception e) {
+        System.err.println("warm-up connection failed (the loads will try again): " + e);
+      }
+      BufferedReader in = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
+      for (String line; (line = in.readLine()) != null;) {
+        line = line.trim();
+        if (line.isEmpty()) {
+          continue;
         }
-        synchronized (System.out) {
-          System.out.println("loaded " + table);
-          System.out.flush();
+        String[] pair = line.split("\\s+");
+        if (pair.length != 2) {
+          System.err.println("not a DIR TABLE line: " + line);
+          System.exit(2);
         }
-        return null;
-      }));
+        tables.add(pair[1]);
+        loads.add(pool.submit(load(conf, pair[0], pair[1])));
+      }
     }
     int failed = 0;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < loads.size(); i++) {
       try {
         loads.get(i).get();
       } catch (ExecutionException e) {
         failed++;
-        System.err.println("bulk load of " + args[2 * i + 1] + " failed: " + e.getCause());
+        System.err.println("bulk load of " + tables.get(i) + " failed: " + e.getCause());
         e.getCause().printStackTrace();
       }
     }
     pool.shutdown();
     System.exit(failed == 0 ? 0 : 1);
+  }
+
+  static java.util.concurrent.Callable<Void> load(Configuration conf, String dir, String table) {
+    return () -> {
+      // As the tool's own main: nothing loaded from a folder with files is a failure.
+      if (BulkLoadHFiles.create(conf).bulkLoad(TableName.valueOf(table), new Path(dir)).isEmpty()) {
+        throw new java.io.IOException("no HFile of " + dir + " was loaded");
+      }
+      synchronized (System.out) {
+        System.out.println("loaded " + table);
+        System.out.flush();
+      }
+      return null;
+    };
   }
 }

@@ -28,10 +28,12 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::loader::Loader;
 use crate::checkpoint::files::{cp_err, create_private_dir, sync_dir};
 use crate::checkpoint::{read_json, write_json_atomic, ChunkDone};
 use crate::error::{Error, Result};
@@ -100,11 +102,18 @@ impl Finish<'_> {
         self.root.join("hfiles").join(table)
     }
 
-    /// Writes the HFiles of every table and loads them (see the module comment).
-    pub(super) fn run(&self) -> Result<BulkSummary> {
-        // Step 1, every table's HFiles; step 2, every table's load.
-        let mut loads = Vec::new();
+    /// Writes the HFiles of every table and loads them (see the module
+    /// comment): each table is handed to the loader as soon as its HFiles
+    /// are written, so its load overlaps the next table's HFiles.
+    pub(super) fn run(&self, mut loader: Option<Loader>) -> Result<BulkSummary> {
+        let mut loads: Vec<TableLoad> = Vec::new();
+        // Tables handed to the loader and not reported loaded yet.
+        let mut given: Vec<(usize, Instant)> = Vec::new();
         for table in self.tables {
+            if let Some(l) = read_json::<TableLoad>(&self.state(table, "loaded"))? {
+                loads.push(l);
+                continue;
+            }
             let load = match read_json::<TableLoad>(&self.state(table, "hfiles"))? {
                 Some(l) => l,
                 None => {
@@ -115,11 +124,59 @@ impl Finish<'_> {
                     l
                 }
             };
+            let i = loads.len();
             loads.push(load);
+            let fam = self.table_dir(table).join(self.family);
+            if fam.exists() && !list(&fam)?.is_empty() {
+                let l = match loader.as_mut() {
+                    Some(l) => l,
+                    None => loader.insert(Loader::start(self.command)?),
+                };
+                l.give(&self.table_dir(table), table)?;
+                given.push((i, Instant::now()));
+            } else {
+                // Nothing (left) to load: an empty table, or loaded by a killed run.
+                loads[i].load_s = 0.0;
+                write_json_atomic(&self.state(table, "loaded"), &loads[i])?;
+            }
+            if let Some(l) = &loader {
+                self.record_reported(l.reported(Duration::ZERO), &mut loads, &mut given)?;
+            }
         }
-        let started = Instant::now();
-        self.load_all(&mut loads)?;
-        let load_s = started.elapsed().as_secs_f64();
+        let hfiles_done = Instant::now();
+        if let Some(l) = loader {
+            let (rest, status, tail) = l.finish()?;
+            self.record_reported(rest, &mut loads, &mut given)?;
+            if !status.success() {
+                let names: Vec<&str> = given
+                    .iter()
+                    .map(|&(i, _)| loads[i].table.as_str())
+                    .collect();
+                return Err(Error::Other(format!(
+                    "bulk load of {} failed ({status}): {tail}",
+                    if names.is_empty() {
+                        "the tables".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                )));
+            }
+            // Exit 0 is not enough: a table counts as loaded only when the
+            // loader said so (one that exits without reading its input
+            // loaded nothing).
+            if !given.is_empty() {
+                let names: Vec<&str> = given
+                    .iter()
+                    .map(|&(i, _)| loads[i].table.as_str())
+                    .collect();
+                return Err(Error::Other(format!(
+                    "bulk load: the load command ({}) exited 0 without reporting {} loaded                      (it must print `loaded TABLE` for each table it loads);                      `--resume` loads them again: {tail}",
+                    self.command.join(" "),
+                    names.join(", ")
+                )));
+            }
+        }
+        let load_s = hfiles_done.elapsed().as_secs_f64();
         // Everything is in HBase: the runs are no longer needed.
         for d in ["runs", "tmp"] {
             let p = self.root.join(d);
@@ -138,6 +195,22 @@ impl Finish<'_> {
             process_peak_rss_kib: own_usage().1,
             tables: loads,
         })
+    }
+
+    /// Records the tables the loader reported loaded.
+    fn record_reported(
+        &self,
+        names: Vec<String>,
+        loads: &mut [TableLoad],
+        given: &mut Vec<(usize, Instant)>,
+    ) -> Result<()> {
+        for name in names {
+            if let Some(pos) = given.iter().position(|&(i, _)| loads[i].table == name) {
+                let (i, at) = given.remove(pos);
+                self.record_loaded(&mut loads[i], at)?;
+            }
+        }
+        Ok(())
     }
 
     /// The run files of `table` in every committed chunk: region → files.
@@ -203,21 +276,35 @@ impl Finish<'_> {
             table: table.to_string(),
             ..TableLoad::default()
         };
-        for (&region, paths) in regions {
-            let paths = reduce_fan_in(paths.clone(), &tmp, &format!("{table}.{region}"))?;
-            let mut out = RegionFiles {
-                fam: &fam,
-                tmp: &tmp,
-                family: self.family.as_bytes(),
-                region,
-                n: 0,
-                cur: None,
-                load: &mut load,
-            };
-            Merge::open(&paths)
-                .and_then(|m| m.for_each(|k, v| out.append(k, v)))
-                .map_err(|e| cp_err(&fam, e))?;
-            out.close()?;
+        // Regions are independent (their own runs, files and names): they
+        // are merged side by side, one per core.
+        let regions: Vec<(&usize, &Vec<PathBuf>)> = regions.iter().collect();
+        let parts: Vec<Result<TableLoad>> = regions
+            .par_iter()
+            .map(|&(&region, paths)| {
+                let mut part = TableLoad::default();
+                let paths = reduce_fan_in(paths.clone(), &tmp, &format!("{table}.{region}"))?;
+                let mut out = RegionFiles {
+                    fam: &fam,
+                    tmp: &tmp,
+                    family: self.family.as_bytes(),
+                    region,
+                    n: 0,
+                    cur: None,
+                    load: &mut part,
+                };
+                Merge::open(&paths)
+                    .and_then(|m| m.for_each(|k, v| out.append(k, v)))
+                    .map_err(|e| cp_err(&fam, e))?;
+                out.close()?;
+                Ok(part)
+            })
+            .collect();
+        for part in parts {
+            let part = part?;
+            load.hfiles += part.hfiles;
+            load.cells += part.cells;
+            load.hfile_bytes += part.hfile_bytes;
         }
         sync_dir(&fam)?;
         sync_dir(&dir)?;
@@ -231,108 +318,6 @@ impl Finish<'_> {
             "HFiles written"
         );
         Ok(load)
-    }
-
-    /// Loads every table not recorded as loaded yet with ONE run of the
-    /// load command (a JVM start is most of a table's load): its arguments
-    /// are `DIR TABLE` pairs, and a `loaded TABLE` line on its stdout records
-    /// that table at once, so a run killed half-way loads only the rest.
-    /// When the command succeeds every table it was given is recorded.
-    fn load_all(&self, loads: &mut [TableLoad]) -> Result<()> {
-        let mut pending = Vec::new();
-        for (i, load) in loads.iter_mut().enumerate() {
-            if let Some(l) = read_json::<TableLoad>(&self.state(&load.table, "loaded"))? {
-                *load = l;
-                continue;
-            }
-            let fam = self.table_dir(&load.table).join(self.family);
-            if fam.exists() && !list(&fam)?.is_empty() {
-                pending.push(i);
-            } else {
-                // Nothing (left) to load: an empty table, or loaded by a killed run.
-                load.load_s = 0.0;
-                write_json_atomic(&self.state(&load.table, "loaded"), &*load)?;
-            }
-        }
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let (prog, args) = self
-            .command
-            .split_first()
-            .ok_or_else(|| Error::Usage("--bulk-load-command is empty".into()))?;
-        let mut cmd = std::process::Command::new(prog);
-        cmd.args(args);
-        for &i in &pending {
-            let dir = self.table_dir(&loads[i].table);
-            let abs = std::fs::canonicalize(&dir).map_err(|e| cp_err(&dir, e))?;
-            cmd.arg(format!("file://{}", abs.display()))
-                .arg(&loads[i].table);
-        }
-        let names: Vec<&str> = pending.iter().map(|&i| loads[i].table.as_str()).collect();
-        tracing::info!(tables = ?names, "bulk load: {}", self.command.join(" "));
-        // A loader outliving a killed migrator would race the resumed
-        // run's loader for the same files: it dies with its parent (this
-        // thread, which waits for it).
-        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let started = Instant::now();
-        let mut child = cmd
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| Error::Usage(format!("bulk load: cannot run {prog}: {e}")))?;
-        // The last lines of stderr, for the error; read aside so a chatty
-        // loader never blocks on a full pipe.
-        let stderr = child.stderr.take().expect("piped");
-        let tail = std::thread::spawn(move || {
-            let mut last = std::collections::VecDeque::new();
-            for line in
-                std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(|l| l.ok())
-            {
-                if last.len() == 15 {
-                    last.pop_front();
-                }
-                last.push_back(line);
-            }
-            Vec::from(last).join("\n")
-        });
-        let stdout = child.stdout.take().expect("piped");
-        let mut left = pending.clone();
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(|l| l.ok()) {
-            let Some(table) = line.trim().strip_prefix("loaded ") else {
-                continue;
-            };
-            if let Some(pos) = left.iter().position(|&i| loads[i].table == table) {
-                let i = left.remove(pos);
-                self.record_loaded(&mut loads[i], started)?;
-            }
-        }
-        let status = child
-            .wait()
-            .map_err(|e| Error::Other(format!("bulk load: {e}")))?;
-        let tail = tail.join().unwrap_or_default();
-        if !status.success() {
-            let names: Vec<&str> = left.iter().map(|&i| loads[i].table.as_str()).collect();
-            return Err(Error::Other(format!(
-                "bulk load of {} failed ({status}): {tail}",
-                names.join(", ")
-            )));
-        }
-        // A loader that reports nothing (HBase's own tool, one table) is done with all.
-        for i in left {
-            self.record_loaded(&mut loads[i], started)?;
-        }
-        Ok(())
     }
 
     fn record_loaded(&self, load: &mut TableLoad, started: Instant) -> Result<()> {

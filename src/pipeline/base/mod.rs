@@ -16,6 +16,7 @@
 
 pub mod bulk;
 pub mod copy;
+pub mod loader;
 pub mod plan;
 pub mod start;
 
@@ -340,6 +341,7 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
         record.shard,
         &|ti, k| done.contains_key(&(tables[ti].mapping.source.clone(), k)),
         tables.len(),
+        opts.stop_after_rows.is_some(),
     );
     let mut expected = vec![0u64; tables.len()];
     let mine = plan::counts(&nonempty, record.shard, &BTreeMap::new(), tables.len());
@@ -417,6 +419,12 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
         .map(|limit| tokio::spawn(copy::watch_threads_running(shared.clone(), limit)));
     let copy_started = Instant::now();
     let bulk_load = matches!(opts.hbase_load, HbaseLoad::Bulk { .. });
+    // The load command starts with the copy, so that its own start (a JVM,
+    // a connection to HBase) is behind it when the first HFiles are ready.
+    let loader = match (&opts.hbase_load, opts.targets.hbase) {
+        (HbaseLoad::Bulk { command }, true) => Some(loader::Loader::start(command)?),
+        _ => None,
+    };
     let splits = crate::mapping::keys::splits(cfg.hbase.salt_buckets);
     let mut handles = Vec::new();
     let mut producers = begun.producers.into_iter();
@@ -471,7 +479,7 @@ pub async fn run(cfg: Config, opts: BaseOptions) -> Result<BaseOutcome> {
                 done: &done,
                 command: &command,
             }
-            .run()
+            .run(loader)
         })
         .await
         .map_err(|e| Error::Other(format!("bulk load: {e}")))??;

@@ -127,19 +127,48 @@ pub fn interleave(q: Vec<Chunk>, tables: usize) -> VecDeque<Chunk> {
     }
 }
 
-/// The chunks a shard copies: the non-empty ones it owns that are not done.
+/// Each table's chunks spread evenly over the queue (a chunk at its
+/// table's fraction `(i + ½) / n`): any first part of the queue holds the
+/// tables in their proportions, as a copy that stops early (`plan
+/// --calibrate`) must to measure the whole's speed.
+pub fn proportional(q: Vec<Chunk>, tables: usize) -> VecDeque<Chunk> {
+    let mut n = vec![0usize; tables];
+    for c in &q {
+        n[c.table] += 1;
+    }
+    let mut seen = vec![0usize; tables];
+    let mut keyed: Vec<(f64, Chunk)> = q
+        .into_iter()
+        .map(|c| {
+            let i = seen[c.table];
+            seen[c.table] += 1;
+            ((i as f64 + 0.5) / n[c.table] as f64, c)
+        })
+        .collect();
+    keyed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.table.cmp(&b.1.table)));
+    keyed.into_iter().map(|(_, c)| c).collect()
+}
+
+/// The chunks a shard copies: the non-empty ones it owns that are not done,
+/// round-robin over the tables ([`interleave`]), or in proportion
+/// ([`proportional`]) for a copy that stops early.
 pub fn todo(
     nonempty: &[Chunk],
     shard: Shard,
     done: &dyn Fn(usize, u64) -> bool,
     tables: usize,
+    sample: bool,
 ) -> VecDeque<Chunk> {
     let mine = nonempty
         .iter()
         .filter(|c| shard.owns(c.table, c.k) && !done(c.table, c.k))
         .cloned()
         .collect();
-    interleave(mine, tables)
+    if sample {
+        proportional(mine, tables)
+    } else {
+        interleave(mine, tables)
+    }
 }
 
 /// A table in the dry-run report.
@@ -237,16 +266,43 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for i in 0..n {
             let shard = Shard { index: i, count: n };
-            for c in todo(&nonempty, shard, &|_, _| false, 3) {
+            for c in todo(&nonempty, shard, &|_, _| false, 3, false) {
                 assert!(seen.insert((c.table, c.k)), "{c:?} twice");
             }
         }
         assert_eq!(seen.len(), nonempty.len());
-        let left = todo(&nonempty, Shard::ALL, &|t, k| t == 1 || k < 70, 3);
+        let left = todo(&nonempty, Shard::ALL, &|t, k| t == 1 || k < 70, 3, false);
         assert!(left.iter().all(|c| c.table != 1 && c.k >= 70));
         assert_eq!(left.len(), 2 * 40);
         // Interleaved: consecutive chunks come from different tables.
         assert_ne!(left[0].table, left[1].table);
+    }
+
+    #[test]
+    fn a_copy_that_stops_early_samples_every_table_in_proportion() {
+        // Tables of 1, 2, 4 and 34 chunks, as the calibration's dataset.
+        let sizes = [1u64, 2, 4, 34];
+        let nonempty: Vec<Chunk> = sizes
+            .iter()
+            .enumerate()
+            .flat_map(|(t, &n)| (0..n).map(move |k| chunk(t, k, 100)))
+            .collect();
+        let q = todo(&nonempty, Shard::ALL, &|_, _| false, 4, true);
+        assert_eq!(q.len(), 41);
+        // Any first part holds each table's share of that part, within a chunk.
+        for part in [4usize, 10, 20, 30] {
+            for (t, &n) in sizes.iter().enumerate() {
+                let got = q.iter().take(part).filter(|c| c.table == t).count() as f64;
+                let want = part as f64 * n as f64 / 41.0;
+                assert!(
+                    (got - want).abs() <= 1.0,
+                    "first {part}: table {t} {got} vs {want:.1}"
+                );
+            }
+        }
+        // Each table's chunks keep their order.
+        let message: Vec<u64> = q.iter().filter(|c| c.table == 3).map(|c| c.k).collect();
+        assert_eq!(message, (0..34).collect::<Vec<_>>());
     }
 
     #[test]
