@@ -869,7 +869,9 @@ main() {
         HBASE_CP_EXTRA="$(compile_java "$1")"
         set -- "$(basename "$1" .java)" "${@:2}"
       fi
-      hbase_cmd tool 1g "$@"
+      # HBASE_TOOL_OPTS: JVM options for the tool, split on spaces (e.g. -Dhbase.x=y).
+      # shellcheck disable=SC2086
+      hbase_cmd tool 1g ${HBASE_TOOL_OPTS:-} "$@"
       exec "${HBASE_CMD[@]}" ;;
     *)
       sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//' >&2

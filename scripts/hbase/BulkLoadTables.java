@@ -41,6 +41,14 @@ public class BulkLoadTables {
       System.exit(2);
     }
     Configuration conf = HBaseConfiguration.create();
+    // -Dhbase.KEY=VALUE on the JVM's command line (HBASE_LOADER_OPTS) sets the tool's
+    // settings, e.g. -Dhbase.loadincremental.threads.max=32 (the regions of a table
+    // loaded side by side; HBase's default is the number of cores).
+    for (String k : System.getProperties().stringPropertyNames()) {
+      if (k.startsWith("hbase.")) {
+        conf.set(k, System.getProperty(k));
+      }
+    }
     ExecutorService pool = Executors.newCachedThreadPool();
     List<String> tables = new ArrayList<>();
     List<Future<?>> loads = new ArrayList<>();

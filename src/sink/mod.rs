@@ -38,14 +38,40 @@ pub async fn prepare(
         let client = tokio::task::spawn_blocking(move || {
             let mut c = hbase::HbaseClient::connect(&hb)?;
             for n in &names {
-                if c.ensure_table(
-                    n,
-                    &hb.column_family,
-                    crate::mapping::keys::splits(hb.salt_buckets),
-                )? {
-                    tracing::info!(table = %n, regions = hb.salt_buckets, "created HBase table");
-                }
+                c.ensure_namespace(n)?;
             }
+            // Creating a pre-split table waits for its regions to open (about
+            // a second each here): the tables are created side by side, each
+            // on a connection of its own.
+            let missing: Vec<&String> = names
+                .iter()
+                .map(|n| c.table_exists(n).map(|e| (!e).then_some(n)))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .flatten()
+                .collect();
+            std::thread::scope(|scope| {
+                let hb = &hb;
+                let made: Vec<_> = missing
+                    .iter()
+                    .map(|&n| {
+                        scope.spawn(move || {
+                            let created = hbase::HbaseClient::connect(hb)?.ensure_table(
+                                n,
+                                &hb.column_family,
+                                crate::mapping::keys::splits(hb.salt_buckets),
+                            )?;
+                            if created {
+                                tracing::info!(table = %n, regions = hb.salt_buckets, "created HBase table");
+                            }
+                            Ok::<_, Error>(())
+                        })
+                    })
+                    .collect();
+                made.into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(Error::Other("HBase set-up: a table creation panicked".into()))))
+                    .collect::<Result<Vec<()>>>()
+            })?;
             Ok::<_, Error>(c)
         })
         .await

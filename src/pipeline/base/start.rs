@@ -95,9 +95,25 @@ pub(super) async fn begin(
         );
         let workers = opts.workers;
         producers = blocking(move || {
+            // Each id's init_transactions is a round trip to its coordinator
+            // (fencing what an earlier process left): side by side.
+            let made: Vec<Result<TxProducer>> = std::thread::scope(|scope| {
+                let k = &k;
+                let hs: Vec<_> = ids
+                    .iter()
+                    .map(|id| scope.spawn(move || make_tx_producer(k, id)))
+                    .collect();
+                hs.into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::Other("a Kafka producer's set-up panicked".into()))
+                        })
+                    })
+                    .collect()
+            });
             let mut ps = Vec::new();
-            for (i, id) in ids.iter().enumerate() {
-                let p = make_tx_producer(&k, id)?;
+            for (i, p) in made.into_iter().enumerate() {
+                let p = p?;
                 if i < workers {
                     ps.push(p);
                 }

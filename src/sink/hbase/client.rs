@@ -259,6 +259,25 @@ impl HbaseClient {
             .map_err(err(format!("tableExists {table}")))
     }
 
+    /// Creates the namespace of `table` (`ns:name`), unless it has none or it exists.
+    pub fn ensure_namespace(&mut self, table: &str) -> Result<()> {
+        if let Some(ns) = table_name(table).ns {
+            let ns = String::from_utf8_lossy(&ns).to_string();
+            if self.client.get_namespace_descriptor(ns.clone()).is_err() {
+                match self
+                    .client
+                    .create_namespace(super::thrift2::TNamespaceDescriptor::new(ns.clone(), None))
+                {
+                    Ok(()) => {}
+                    // Another shard created it first.
+                    Err(e) if describe(&e).0.contains("NamespaceExistException") => {}
+                    Err(e) => return Err(err(format!("createNamespace {ns}"))(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Creates `table` with one column family, pre-split at `splits`, unless it exists.
     /// Returns whether it was created.
     pub fn ensure_table(
@@ -270,14 +289,7 @@ impl HbaseClient {
         if self.table_exists(table)? {
             return Ok(false);
         }
-        if let Some(ns) = table_name(table).ns {
-            let ns = String::from_utf8_lossy(&ns).to_string();
-            if self.client.get_namespace_descriptor(ns.clone()).is_err() {
-                self.client
-                    .create_namespace(super::thrift2::TNamespaceDescriptor::new(ns.clone(), None))
-                    .map_err(err(format!("createNamespace {ns}")))?;
-            }
-        }
+        self.ensure_namespace(table)?;
         // Versions are the source's versions; one is all the read model needs,
         // the timestamps keep an older write from winning.
         let cf = TColumnFamilyDescriptor::new(
