@@ -4,7 +4,9 @@
 # local stack and prints predicted vs actual and their ratio (aim: 0.75-1.25).
 #   scripts/bench-plan.sh [MESSAGES]     (default 300000)
 # Env: BENCH_WORKERS (default 4), BENCH_CALIBRATE rows (default: a fifth of
-# the rows), BENCH_SKIP_GENERATE=1 to reuse the dataset.
+# the rows), BENCH_SKIP_GENERATE=1 to reuse the dataset. Measure on a dataset
+# that is not being written: a calibration right after the generator loaded it
+# measured the server's background work too (one such run predicted 1.64x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 messages="${1:-300000}"
