@@ -165,7 +165,7 @@ pub struct BaseArgs {
     /// How HBase's cells get there: `put` (through the Thrift gateway, with each chunk) or `bulk` (sorted runs in the state dir with each chunk, then HFiles loaded by HBase's bulk-load tool at the end). A run keeps the mode it began with.
     #[arg(long, value_enum, default_value = "put")]
     pub hbase_load: HbaseLoadArg,
-    /// With `--hbase-load bulk`: the command that loads the HFiles, run once with a `DIR TABLE` pair (a file:// URL and a table) for each table to load; a `loaded TABLE` line on its stdout records that table at once. `scripts/hbase/bulk-load-tables` loads them all in one JVM with HBase's bulk-load tool.
+    /// With `--hbase-load bulk`: the command that loads the HFiles, started with the copy and given a `DIR TABLE` line on its stdin (a file:// URL and a table) as each table's HFiles are written, stdin closed after the last; a `loaded TABLE` line on its stdout records that table (a table it does not report is not loaded). `scripts/hbase/bulk-load-tables` loads them in one JVM with HBase's bulk-load tool.
     #[arg(
         long,
         env = "FALCON_BULK_LOAD_COMMAND",

@@ -116,7 +116,11 @@ pub fn read_progress_with(
                 ),
             ));
         }
-        match consumer.poll(Duration::from_millis(500)) {
+        // Short polls: the end is reached when the position passes the
+        // high watermark, which the last commit marker (a control record,
+        // never returned by poll) only shows on a later poll; a long poll
+        // would wait out its whole timeout there at every read.
+        match consumer.poll(Duration::from_millis(20)) {
             Some(Ok(m)) if m.key().is_some_and(|k| k.starts_with(prefix.as_bytes())) => {
                 if let (Some(k), Some(p)) = (m.key(), m.payload()) {
                     out.push(MarkerRecord {
