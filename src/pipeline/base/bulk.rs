@@ -128,6 +128,15 @@ impl Finish<'_> {
             loads.push(load);
             let fam = self.table_dir(table).join(self.family);
             if fam.exists() && !list(&fam)?.is_empty() {
+                // A loader that ended before it was given anything (it was
+                // started with the copy, which may have taken hours) is
+                // replaced; one that ended later has tables to answer for.
+                if given.is_empty() {
+                    if let Some(gone) = loader.as_mut().and_then(Loader::ended) {
+                        tracing::warn!("the bulk-load command ended before it was given a table ({gone}); starting it again");
+                        loader = None;
+                    }
+                }
                 let l = match loader.as_mut() {
                     Some(l) => l,
                     None => loader.insert(Loader::start(self.command)?),
@@ -170,7 +179,9 @@ impl Finish<'_> {
                     .map(|&(i, _)| loads[i].table.as_str())
                     .collect();
                 return Err(Error::Other(format!(
-                    "bulk load: the load command ({}) exited 0 without reporting {} loaded                      (it must print `loaded TABLE` for each table it loads);                      `--resume` loads them again: {tail}",
+                    "bulk load: the load command ({}) exited 0 without reporting {} loaded \
+                     (it must print `loaded TABLE` for each table it loads); \
+                     `--resume` loads them again: {tail}",
                     self.command.join(" "),
                     names.join(", ")
                 )));

@@ -108,6 +108,17 @@ impl Loader {
         })
     }
 
+    /// Whether it has already exited, and how.
+    pub fn ended(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                drop(self.stdin.take());
+                Some(status.to_string())
+            }
+            _ => None,
+        }
+    }
+
     /// Tables reported loaded since the last call; waits up to `wait` for the first.
     pub fn reported(&self, wait: Duration) -> Vec<String> {
         let mut out = Vec::new();
@@ -210,6 +221,18 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
         }
         let err = err.expect("a loader that exited took the table");
+        // One that is gone says so before it is given anything.
+        let mut l = Loader::start(&sh("exit 4")).unwrap();
+        let mut gone = None;
+        for _ in 0..100 {
+            gone = l.ended();
+            if gone.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let gone = gone.expect("an exited loader is seen as ended");
+        assert!(gone.contains("exit status: 4"), "{gone}");
         assert!(
             err.contains("stopped reading before it was given t1"),
             "{err}"
