@@ -338,7 +338,9 @@ pub async fn run(cfg: Config, opts: WatermarkOptions) -> Result<WatermarkSummary
                     other => other.as_i64().unwrap_or(0).max(0) as u64,
                 };
                 end = Watermark { version_s, id };
-                if end > cap {
+                // The second in progress is read again next run (the cap),
+                // but only a version after it is in the future.
+                if version_s > cap.version_s {
                     future_rows += 1;
                 }
                 ctx.min_version_ms = clock.floor();
