@@ -156,34 +156,31 @@ impl Finish<'_> {
         if let Some(l) = loader {
             let (rest, status, tail) = l.finish()?;
             self.record_reported(rest, &mut loads, &mut given)?;
+            // Given and not reported loaded: not loaded, whatever the exit.
+            let pending: Vec<&str> = given
+                .iter()
+                .map(|&(i, _)| loads[i].table.as_str())
+                .collect();
             if !status.success() {
-                let names: Vec<&str> = given
-                    .iter()
-                    .map(|&(i, _)| loads[i].table.as_str())
-                    .collect();
                 return Err(Error::Other(format!(
                     "bulk load of {} failed ({status}): {tail}",
-                    if names.is_empty() {
+                    if pending.is_empty() {
                         "the tables".to_string()
                     } else {
-                        names.join(", ")
+                        pending.join(", ")
                     }
                 )));
             }
             // Exit 0 is not enough: a table counts as loaded only when the
             // loader said so (one that exits without reading its input
             // loaded nothing).
-            if !given.is_empty() {
-                let names: Vec<&str> = given
-                    .iter()
-                    .map(|&(i, _)| loads[i].table.as_str())
-                    .collect();
+            if !pending.is_empty() {
                 return Err(Error::Other(format!(
                     "bulk load: the load command ({}) exited 0 without reporting {} loaded \
                      (it must print `loaded TABLE` for each table it loads); \
                      `--resume` loads them again: {tail}",
                     self.command.join(" "),
-                    names.join(", ")
+                    pending.join(", ")
                 )));
             }
         }
