@@ -36,25 +36,16 @@ pub async fn prepare(
         }
         out.hbase_tables = names.clone();
         let client = tokio::task::spawn_blocking(move || {
-            let mut c = hbase::HbaseClient::connect(&hb)?;
-            for n in &names {
-                c.ensure_namespace(n)?;
-            }
+            let c = hbase::HbaseClient::connect(&hb)?;
             // Creating a pre-split table waits for its regions to open (about
-            // a second each here): the tables are created side by side, each
-            // on a connection of its own.
-            let missing: Vec<&String> = names
-                .iter()
-                .map(|n| c.table_exists(n).map(|e| (!e).then_some(n)))
-                .collect::<Result<Vec<_>>>()?
-                .into_iter()
-                .flatten()
-                .collect();
+            // a second each here): the tables are made side by side, each on a
+            // connection of its own (`ensure_table` leaves an existing one be
+            // and takes another shard's creation, or its namespace's, as done).
             std::thread::scope(|scope| {
                 let hb = &hb;
-                let made: Vec<_> = missing
+                let made: Vec<_> = names
                     .iter()
-                    .map(|&n| {
+                    .map(|n| {
                         scope.spawn(move || {
                             let created = hbase::HbaseClient::connect(hb)?.ensure_table(
                                 n,

@@ -260,7 +260,7 @@ impl HbaseClient {
     }
 
     /// Creates the namespace of `table` (`ns:name`), unless it has none or it exists.
-    pub fn ensure_namespace(&mut self, table: &str) -> Result<()> {
+    fn ensure_namespace(&mut self, table: &str) -> Result<()> {
         if let Some(ns) = table_name(table).ns {
             let ns = String::from_utf8_lossy(&ns).to_string();
             if self.client.get_namespace_descriptor(ns.clone()).is_err() {
