@@ -66,12 +66,9 @@ impl Stager {
 
     /// The cells of a canonical row, stamped with its source version.
     pub fn push_canonical(&mut self, table: &str, c: &Canonical, family: &[u8]) -> Result<()> {
-        let ts = c.version_ms as i64;
         let t = self.table(table);
-        for (q, v) in cells::canonical_cells(c) {
-            self.push(t, &c.row_key, family, q, ts, v)?;
-        }
-        Ok(())
+        let mut cs: Vec<(&[u8], &[u8])> = cells::canonical_cells(c).collect();
+        self.push_row(t, &c.row_key, family, c.version_ms as i64, &mut cs)
     }
 
     /// The two id-map rows of a message (`cells::id_map_rows`), stamped like
@@ -84,12 +81,13 @@ impl Stager {
         version_ms: u64,
         family: &[u8],
     ) -> Result<()> {
-        let ts = version_ms as i64;
         let t = self.table(table);
         for (row, cs) in cells::id_map_rows(legacy, new_id, room_id, buckets) {
-            for (q, v) in &cs {
-                self.push(t, &row, family, q.as_bytes(), ts, v.as_bytes())?;
-            }
+            let mut cs: Vec<(&[u8], &[u8])> = cs
+                .iter()
+                .map(|(q, v)| (q.as_bytes(), v.as_bytes()))
+                .collect();
+            self.push_row(t, &row, family, version_ms as i64, &mut cs)?;
         }
         Ok(())
     }
@@ -105,24 +103,19 @@ impl Stager {
         u16::try_from(i).expect("fewer than 65,536 HBase tables")
     }
 
-    /// Buffers one cell, spilling the buffer first when the cell does not fit.
-    fn push(
+    /// Buffers one row's cells, spilling the buffer first when they do not fit.
+    fn push_row(
         &mut self,
         table: u16,
         row: &[u8],
         family: &[u8],
-        qualifier: &[u8],
         ts: i64,
-        value: &[u8],
+        cells: &mut [(&[u8], &[u8])],
     ) -> Result<()> {
-        if !self.buf.is_empty()
-            && !self
-                .buf
-                .fits(RunBuf::record_len(row, family, qualifier, value))
-        {
+        if !self.buf.is_empty() && !self.buf.fits(RunBuf::row_len(row, family, cells)) {
             tokio::task::block_in_place(|| self.spill())?;
         }
-        self.buf.push(table, row, family, qualifier, ts, value);
+        self.buf.push_row(table, row, family, ts, cells);
         Ok(())
     }
 

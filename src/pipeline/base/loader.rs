@@ -12,23 +12,60 @@
 //! The loader dies with this process (`PR_SET_PDEATHSIG`): one outliving a
 //! killed migrator would race the resumed run's loader for the same files.
 //! Dropped unfinished (the copy failed or was interrupted), it is killed.
+//!
+//! Its last lines of output (stderr, and stdout other than the reports: a
+//! JVM that cannot start says why on stdout) come back with any error.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+
+/// Lines of its output kept for an error.
+const TAIL_LINES: usize = 15;
+/// How long an exited loader's output may take to drain.
+const DRAIN: Duration = Duration::from_secs(5);
 
 pub struct Loader {
     command: String,
     child: Child,
     stdin: Option<ChildStdin>,
     loaded: Receiver<String>,
-    stderr_tail: Option<JoinHandle<String>>,
+    /// Its last lines of output.
+    tail: Arc<Mutex<VecDeque<String>>>,
+    /// One message per output stream read to its end.
+    drained: Receiver<()>,
+    streams_open: usize,
+}
+
+/// Reads `stream` line by line: `loaded TABLE` lines (stdout only) go to
+/// `reports`, every other line to `tail`; signals `done` at its end.
+fn read_aside(
+    stream: impl Read + Send + 'static,
+    reports: Option<Sender<String>>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    done: Sender<()>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(|l| l.ok()) {
+            if let (Some(tx), Some(t)) = (&reports, line.trim().strip_prefix("loaded ")) {
+                // The receiver outlives every report it waits for.
+                let _ = tx.send(t.to_string());
+                continue;
+            }
+            let mut last = tail.lock().unwrap_or_else(|e| e.into_inner());
+            if last.len() == TAIL_LINES {
+                last.pop_front();
+            }
+            last.push_back(line);
+        }
+        let _ = done.send(());
+    });
 }
 
 impl Loader {
@@ -55,39 +92,40 @@ impl Loader {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| Error::Usage(format!("bulk load: cannot run {prog}: {e}")))?;
-        // stdout: the `loaded TABLE` lines, as they come.
-        let stdout = child.stdout.take().expect("piped");
+        // Both streams are read aside, so a chatty loader never blocks on a
+        // full pipe: the reports as they come, the rest as its last words.
         let (tx, loaded) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-                if let Some(t) = line.trim().strip_prefix("loaded ") {
-                    if tx.send(t.to_string()).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        // stderr: its last lines, for the error; read aside so a chatty
-        // loader never blocks on a full pipe.
+        let (done, drained) = mpsc::channel();
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let stdout = child.stdout.take().expect("piped");
+        read_aside(stdout, Some(tx), tail.clone(), done.clone());
         let stderr = child.stderr.take().expect("piped");
-        let stderr_tail = std::thread::spawn(move || {
-            let mut last = VecDeque::new();
-            for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
-                if last.len() == 15 {
-                    last.pop_front();
-                }
-                last.push_back(line);
-            }
-            Vec::from(last).join("\n")
-        });
+        read_aside(stderr, None, tail.clone(), done);
         tracing::info!("bulk loader started: {}", command.join(" "));
         Ok(Loader {
             command: command.join(" "),
             stdin: child.stdin.take(),
             child,
             loaded,
-            stderr_tail: Some(stderr_tail),
+            tail,
+            drained,
+            streams_open: 2,
         })
+    }
+
+    /// Its last lines of output, once both streams are read to their end
+    /// (waiting at most [`DRAIN`]: a process it started may hold them).
+    fn last_words(&mut self) -> String {
+        let deadline = Instant::now() + DRAIN;
+        while self.streams_open > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.drained.recv_timeout(left).is_err() {
+                break;
+            }
+            self.streams_open -= 1;
+        }
+        let last = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        Vec::from(last.clone()).join("\n")
     }
 
     /// Hands it a table whose HFiles are all in `dir`.
@@ -108,12 +146,12 @@ impl Loader {
         })
     }
 
-    /// Whether it has already exited, and how.
+    /// Whether it has already exited: how, and its last words.
     pub fn ended(&mut self) -> Option<String> {
         match self.child.try_wait() {
             Ok(Some(status)) => {
                 drop(self.stdin.take());
-                Some(status.to_string())
+                Some(format!("{status}: {}", self.last_words()))
             }
             _ => None,
         }
@@ -144,25 +182,17 @@ impl Loader {
         while let Ok(t) = self.loaded.recv_timeout(Duration::from_secs(5)) {
             rest.push(t);
         }
-        let tail = self
-            .stderr_tail
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or_default();
+        let tail = self.last_words();
         Ok((rest, status, tail))
     }
 
-    /// Kills it (the pipe broke, so it is gone or going) and returns the end of its stderr.
+    /// Kills it (the pipe broke, so it is gone or going) and returns how it
+    /// ended and its last words.
     fn stop_and_tail(&mut self) -> String {
         drop(self.stdin.take());
         let _ = self.child.kill();
         let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
-        let tail = self
-            .stderr_tail
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or_default();
-        format!("{status}: {tail}")
+        format!("{status}: {}", self.last_words())
     }
 }
 
@@ -233,6 +263,24 @@ mod tests {
         }
         let gone = gone.expect("an exited loader is seen as ended");
         assert!(gone.contains("exit status: 4"), "{gone}");
+        // A JVM that cannot start says why on stdout: that comes back too.
+        let mut l = Loader::start(&sh(
+            "echo 'Error occurred during initialization of VM'; echo 'Multiple garbage collectors selected'; exit 1",
+        ))
+        .unwrap();
+        let mut vm = None;
+        for _ in 0..100 {
+            if let Err(e) = l.give(&d, "t1") {
+                vm = Some(e.to_string());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let err2 = vm.expect("a loader that exited took the table");
+        assert!(
+            err2.contains("Multiple garbage collectors selected"),
+            "{err2}"
+        );
         assert!(
             err.contains("stopped reading before it was given t1"),
             "{err}"

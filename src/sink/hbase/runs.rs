@@ -28,20 +28,24 @@ pub struct RunBuf {
     entries_cap: usize,
 }
 
-/// A buffered cell: its table, its row prefix (`hfile::row_prefix`, as two
-/// halves so the entry is 24 bytes, not 32) and its start in `data`.
+/// A buffered row: its table, its row prefix (`hfile::row_prefix`, as two
+/// halves so the entry is 24 bytes, not 32), the start of its first cell in
+/// `data` and how many cells follow there, already in HBase's order. One
+/// entry per row, not per cell: the sort moves a third as many entries, and
+/// a row's cells are written out as one slice.
 #[derive(Clone, Copy)]
 struct Entry {
     hi: u64,
     lo: u64,
     at: u32,
     table: u16,
+    cells: u16,
 }
 
 /// The share of a buffer's budget for the cells' bytes; the rest indexes
-/// them (24 bytes a cell). The cells of the mapped tables average about 70
-/// bytes (key and value), so both parts fill up at about the same time.
-const DATA_SHARE: f64 = 0.75;
+/// them (24 bytes a row). The rows of the mapped tables average about 250
+/// bytes (four cells of about 70), so the bytes fill up first.
+const DATA_SHARE: f64 = 0.9;
 
 fn record_key(data: &[u8], at: u32) -> &[u8] {
     let at = at as usize;
@@ -49,11 +53,38 @@ fn record_key(data: &[u8], at: u32) -> &[u8] {
     &data[at + 8..at + 8 + kl]
 }
 
-fn record(data: &[u8], at: u32) -> &[u8] {
-    let at = at as usize;
+/// The length of the record at `at` (header, key and value).
+fn record_len_at(data: &[u8], at: usize) -> usize {
     let kl = u32::from_be_bytes(data[at..at + 4].try_into().expect("4 bytes")) as usize;
     let vl = u32::from_be_bytes(data[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
-    &data[at..at + 8 + kl + vl]
+    8 + kl + vl
+}
+
+/// The bytes of a row's cells: its `cells` records from `at`.
+fn group(data: &[u8], at: u32, cells: u16) -> &[u8] {
+    let start = at as usize;
+    let mut end = start;
+    for _ in 0..cells {
+        end += record_len_at(data, end);
+    }
+    &data[start..end]
+}
+
+/// The records of a row's bytes ([`group`]), in order.
+fn records(mut g: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        if g.is_empty() {
+            return None;
+        }
+        let (r, rest) = g.split_at(record_len_at(g, 0));
+        g = rest;
+        Some(r)
+    })
+}
+
+/// The key of a record ([`records`]).
+fn key_of(record: &[u8]) -> &[u8] {
+    record_key(record, 0)
 }
 
 impl RunBuf {
@@ -76,41 +107,77 @@ impl RunBuf {
         8 + hfile::key_len(row, family, qualifier) + value.len()
     }
 
-    /// Whether a cell of `len` bytes ([`RunBuf::record_len`]) fits without
-    /// growing the buffer. A cell larger than the whole buffer never fits:
+    /// The bytes a row of `(qualifier, value)` cells takes in the buffer.
+    pub fn row_len(row: &[u8], family: &[u8], cells: &[(&[u8], &[u8])]) -> usize {
+        cells
+            .iter()
+            .map(|(q, v)| Self::record_len(row, family, q, v))
+            .sum()
+    }
+
+    /// Whether a row of `len` bytes ([`RunBuf::row_len`]) fits without
+    /// growing the buffer. A row larger than the whole buffer never fits:
     /// it is pushed into an empty buffer, which grows for it and shrinks
     /// back when written out.
     pub fn fits(&self, len: usize) -> bool {
         self.data.len() + len <= self.data_cap && self.at.len() < self.entries_cap
     }
 
-    /// Buffers a cell of table number `table`.
-    pub fn push(
+    /// Buffers the cells of one row of table number `table`, all in
+    /// `family` and stamped `ts`. They are put in HBase's order here (by
+    /// qualifier), a qualifier given twice kept once (its first value).
+    pub fn push_row(
         &mut self,
         table: u16,
         row: &[u8],
         family: &[u8],
-        qualifier: &[u8],
         ts: i64,
-        value: &[u8],
+        cells: &mut [(&[u8], &[u8])],
     ) {
-        let at = self.data.len();
+        if cells.is_empty() {
+            return;
+        }
         assert!(
-            at + Self::record_len(row, family, qualifier, value) <= u32::MAX as usize,
+            self.data.len() + Self::row_len(row, family, cells) <= u32::MAX as usize,
             "a run buffer holds at most 4 GiB"
         );
-        self.data.extend_from_slice(&[0; 8]);
-        hfile::encode_key(&mut self.data, row, family, qualifier, ts);
-        let kl = (self.data.len() - at - 8) as u32;
-        self.data[at..at + 4].copy_from_slice(&kl.to_be_bytes());
-        self.data[at + 4..at + 8].copy_from_slice(&(value.len() as u32).to_be_bytes());
-        self.data.extend_from_slice(value);
+        // Same row, family and version: the qualifier orders the cells.
+        cells.sort_by(|a, b| a.0.cmp(b.0));
         let p = hfile::row_prefix(row);
+        let mut start = self.data.len();
+        let mut n: u16 = 0;
+        let mut last: Option<&[u8]> = None;
+        for &(q, v) in cells.iter() {
+            if last == Some(q) {
+                continue;
+            }
+            last = Some(q);
+            if n == u16::MAX {
+                // A row of more cells than an entry counts: it goes on in
+                // another entry, and the sort's equal rows are merged.
+                self.entry(table, p, start, n);
+                start = self.data.len();
+                n = 0;
+            }
+            let at = self.data.len();
+            self.data.extend_from_slice(&[0; 8]);
+            hfile::encode_key(&mut self.data, row, family, q, ts);
+            let kl = (self.data.len() - at - 8) as u32;
+            self.data[at..at + 4].copy_from_slice(&kl.to_be_bytes());
+            self.data[at + 4..at + 8].copy_from_slice(&(v.len() as u32).to_be_bytes());
+            self.data.extend_from_slice(v);
+            n += 1;
+        }
+        self.entry(table, p, start, n);
+    }
+
+    fn entry(&mut self, table: u16, prefix: u128, at: usize, cells: u16) {
         self.at.push(Entry {
-            hi: (p >> 64) as u64,
-            lo: p as u64,
+            hi: (prefix >> 64) as u64,
+            lo: prefix as u64,
             at: at as u32,
             table,
+            cells,
         });
         let t = usize::from(table);
         if self.counts.len() <= t {
@@ -138,7 +205,7 @@ impl RunBuf {
     }
 
     /// Empties the buffer, keeping its memory (shrunk back to the budget if
-    /// an oversized cell grew it).
+    /// an oversized row grew it).
     pub fn clear(&mut self) {
         self.data.clear();
         self.at.clear();
@@ -151,9 +218,9 @@ impl RunBuf {
         }
     }
 
-    /// Sorts the cells and writes them, one file per table and region:
+    /// Sorts the rows and writes their cells, one file per table and region:
     /// `region(row)` names a region (regions are key ranges, so sorted
-    /// cells come region by region) and `path(table, region)` its file.
+    /// rows come region by region) and `path(table, region)` its file.
     /// Files are synced; returns them. The buffer is left empty.
     pub fn write_sorted(
         &mut self,
@@ -161,45 +228,53 @@ impl RunBuf {
         path: impl Fn(u16, usize) -> PathBuf,
     ) -> io::Result<Vec<PathBuf>> {
         let data = &self.data;
+        let row = |e: &Entry| hfile::key_row(record_key(data, e.at));
         self.at.sort_unstable_by(|a, b| {
             (a.table, a.hi, a.lo)
                 .cmp(&(b.table, b.hi, b.lo))
-                .then_with(|| compare_keys(record_key(data, a.at), record_key(data, b.at)))
+                .then_with(|| row(a).cmp(row(b)))
         });
         let mut out = Vec::new();
         let mut cur: Option<((u16, usize), BufWriter<File>)> = None;
-        let mut last: Option<(u16, &[u8])> = None;
-        // The region of the last row: a row's cells are side by side.
-        let mut last_row: Option<(&[u8], usize)> = None;
-        for e in &self.at {
-            let key = record_key(data, e.at);
-            // Equal keys are equal bytes (one encoding per key).
-            if last == Some((e.table, key)) {
-                continue;
+        // The cells of a row met more than once (pushed twice), merged.
+        let mut same: Vec<&[u8]> = Vec::new();
+        let mut i = 0;
+        while i < self.at.len() {
+            let e = self.at[i];
+            let r = row(&e);
+            let mut j = i + 1;
+            while j < self.at.len() && self.at[j].table == e.table && row(&self.at[j]) == r {
+                j += 1;
             }
-            last = Some((e.table, key));
-            let row = hfile::key_row(key);
-            let r = match last_row {
-                Some((lr, r)) if lr == row => r,
-                _ => {
-                    let r = region(row);
-                    last_row = Some((row, r));
-                    r
-                }
-            };
-            if cur.as_ref().is_none_or(|(c, _)| *c != (e.table, r)) {
+            let reg = region(r);
+            if cur.as_ref().is_none_or(|(c, _)| *c != (e.table, reg)) {
                 if let Some((_, w)) = cur.take() {
                     finish(w)?;
                 }
-                let p = path(e.table, r);
+                let p = path(e.table, reg);
                 cur = Some((
-                    (e.table, r),
+                    (e.table, reg),
                     BufWriter::with_capacity(1 << 16, File::create(&p)?),
                 ));
                 out.push(p);
             }
             let (_, w) = cur.as_mut().expect("opened above");
-            w.write_all(record(data, e.at))?;
+            if j == i + 1 {
+                // A row's cells are in order and side by side: one write.
+                w.write_all(group(data, e.at, e.cells))?;
+            } else {
+                same.clear();
+                for g in &self.at[i..j] {
+                    same.extend(records(group(data, g.at, g.cells)));
+                }
+                same.sort_by(|a, b| compare_keys(key_of(a), key_of(b)));
+                // Equal keys are equal bytes (one encoding per key).
+                same.dedup_by(|a, b| key_of(a) == key_of(b));
+                for rec in &same {
+                    w.write_all(rec)?;
+                }
+            }
+            i = j;
         }
         if let Some((_, w)) = cur.take() {
             finish(w)?;
@@ -355,7 +430,8 @@ mod tests {
                 let row = [i % 4, i];
                 // Table 1 gets the same keys as table 0: kept apart.
                 for t in [1, 0] {
-                    b.push(t, &row, b"d", b"q", i64::from(run % 2), &[run, i, t as u8]);
+                    let v = [run, i, t as u8];
+                    b.push_row(t, &row, b"d", i64::from(run % 2), &mut [(b"q", &v)]);
                 }
             }
             assert!(!b.is_empty());
@@ -398,34 +474,105 @@ mod tests {
     }
 
     #[test]
-    fn the_buffer_fills_to_its_budget_and_an_oversized_cell_still_goes_in() {
+    fn the_buffer_fills_to_its_budget_and_an_oversized_row_still_goes_in() {
         let dir = std::env::temp_dir().join(format!("falcon-runs-fit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut b = RunBuf::new(64 << 10);
-        // A 72-byte cell: its bytes and its index fill up together.
+        // Rows of four 72-byte cells, about the mapped tables' average row.
         let value = [7u8; 46];
-        let len = RunBuf::record_len(b"row0", b"d", b"q", &value);
-        assert_eq!(len, 72);
+        let mut cells: [(&[u8], &[u8]); 4] = [
+            (b"a", &value),
+            (b"b", &value),
+            (b"c", &value),
+            (b"d", &value),
+        ];
+        let len = RunBuf::row_len(b"row0", b"d", &cells);
+        assert_eq!(len, 4 * 72);
         let mut n = 0u32;
         while b.fits(len) {
-            b.push(0, &n.to_be_bytes(), b"d", b"q", 1, &value);
+            b.push_row(0, &n.to_be_bytes(), b"d", 1, &mut cells);
             n += 1;
         }
         // About the budget, never more.
         assert!(b.bytes() <= 64 << 10, "{} bytes", b.bytes());
         assert!(b.bytes() > 60 << 10, "{} bytes", b.bytes());
         b.write_sorted(|_| 0, |_, _| dir.join("full")).unwrap();
-        assert_eq!(collect(&[dir.join("full")]).len(), n as usize);
-        // A cell larger than the whole buffer: it never fits, goes into the
+        assert_eq!(collect(&[dir.join("full")]).len(), 4 * n as usize);
+        // A row larger than the whole buffer: it never fits, goes into the
         // empty buffer anyway, and is written whole.
         let big = vec![1u8; 100 << 10];
-        assert!(!b.fits(RunBuf::record_len(b"row", b"d", b"q", &big)));
-        b.push(0, b"row", b"d", b"q", 1, &big);
+        assert!(!b.fits(RunBuf::row_len(b"row", b"d", &[(b"q", &big)])));
+        b.push_row(0, b"row", b"d", 1, &mut [(b"q", &big)]);
         b.write_sorted(|_| 0, |_, _| dir.join("big")).unwrap();
         let got = collect(&[dir.join("big")]);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].1, big);
         assert!(b.fits(len));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_rows_cells_come_out_in_hbase_order_and_a_row_pushed_twice_is_merged() {
+        let dir = std::env::temp_dir().join(format!("falcon-runs-rows-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut b = RunBuf::new(1 << 20);
+        // Qualifiers out of order, one given twice (its first value kept).
+        b.push_row(
+            0,
+            b"r2",
+            b"d",
+            5,
+            &mut [(b"z", b"1"), (b"a", b"2"), (b"m", b"3"), (b"a", b"x")],
+        );
+        // Rows that share a long prefix, one shorter than the prefix.
+        let long1 = [9u8; 20];
+        let mut long2 = [9u8; 20];
+        long2[19] = 8;
+        b.push_row(0, &long1, b"d", 5, &mut [(b"q", b"l1")]);
+        b.push_row(0, &long2, b"d", 5, &mut [(b"q", b"l2")]);
+        b.push_row(0, &long1[..3], b"d", 5, &mut [(b"q", b"s")]);
+        // The same row again: a newer version of one cell, a repeat of
+        // another (kept once), a new cell.
+        b.push_row(0, b"r2", b"d", 7, &mut [(b"m", b"4")]);
+        b.push_row(0, b"r2", b"d", 5, &mut [(b"z", b"1"), (b"b", b"5")]);
+        // More cells than one entry counts.
+        let qs: Vec<[u8; 3]> = (0..70_000u32)
+            .rev()
+            .map(|i| [(i >> 16) as u8, (i >> 8) as u8, i as u8])
+            .collect();
+        let mut wide: Vec<(&[u8], &[u8])> = qs.iter().map(|q| (&q[..], &b"w"[..])).collect();
+        b.push_row(1, b"wide", b"d", 1, &mut wide);
+        let files = b
+            .write_sorted(|_| 0, |t, _| dir.join(format!("t{t}")))
+            .unwrap();
+        let got = collect(&files[..1]);
+        type Cell = (Vec<u8>, Vec<u8>, i64, Vec<u8>);
+        let cells: Vec<Cell> = got
+            .iter()
+            .map(|(k, v)| {
+                let (row, _, q, ts, _) = hfile::split_key(k);
+                (row.to_vec(), q.to_vec(), ts, v.clone())
+            })
+            .collect();
+        let c = |r: &[u8], q: &[u8], ts: i64, v: &[u8]| (r.to_vec(), q.to_vec(), ts, v.to_vec());
+        assert_eq!(
+            cells,
+            [
+                c(&long1[..3], b"q", 5, b"s"),
+                c(&long2, b"q", 5, b"l2"),
+                c(&long1, b"q", 5, b"l1"),
+                c(b"r2", b"a", 5, b"2"),
+                c(b"r2", b"b", 5, b"5"),
+                c(b"r2", b"m", 7, b"4"),
+                c(b"r2", b"m", 5, b"3"),
+                c(b"r2", b"z", 5, b"1"),
+            ]
+        );
+        let wide = collect(&files[1..]);
+        assert_eq!(wide.len(), 70_000);
+        for w in wide.windows(2) {
+            assert_eq!(compare_keys(&w[0].0, &w[1].0), Ordering::Less);
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
