@@ -23,7 +23,7 @@
 #
 # Usage: scripts/stack.sh up | down | reset | status | logs [SERVER] | hbase-shell | kafka-class CLASS ARGS | hbase-class CLASS|FILE.java ARGS
 #        scripts/stack.sh up --secure   (also the HTTPS Thrift gateway)
-#        scripts/stack.sh hdfs-up | hdfs-down
+#        scripts/stack.sh hdfs-up | hdfs-down | hdfs-dfs ARGS   (`hdfs dfs ARGS`: Hadoop's FsShell)
 #        scripts/stack.sh stop SERVER | start SERVER | kill SERVER | restart SERVER
 #   SERVER = mariadb | kafka | hbase | thrift | rest | thrift-tls
 #
@@ -967,6 +967,10 @@ main() {
     hbase-shell) cmd_hbase_shell "$@" ;;
     hdfs-up) cmd_hdfs_up ;;
     hdfs-down) cmd_hdfs_down ;;
+    hdfs-dfs) # hdfs-dfs ARGS...: Hadoop's FsShell (`hdfs dfs`) on the stack's HDFS config
+      [[ -f "$CONF_DIR/hdfs/core-site.xml" ]] || die "no HDFS config yet: run 'scripts/stack.sh hdfs-up' first"
+      hdfs_cmd shell org.apache.hadoop.fs.FsShell "$@"
+      exec "${HDFS_CMD[@]}" ;;
     kafka-class) # kafka-class MAINCLASS ARGS...: a Kafka tool on the stack's jars (benchmarks)
       kafka_java -Dlog4j2.configurationFile="$CONF_DIR/kafka/tools-log4j2.properties" "$@" ;;
     hbase-class) # hbase-class MAINCLASS|FILE.java ARGS...: an HBase tool on the stack's jars and config
