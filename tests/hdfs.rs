@@ -143,8 +143,26 @@ async fn bulk_load_uploads_the_hfiles_into_hdfs_and_loads_them_from_there() {
         failed.stderr
     );
 
-    // Up: the resumed run uploads and loads every table.
+    // Up, with what an upload killed half-way leaves of one table: a
+    // partial folder beside and a stale one in place, each holding a file
+    // that is no HFile. Both are replaced, not merged (the load would fail
+    // on the stray file, and the listing below would show it).
     let hdfs = Hdfs::up();
+    let prefix = format!("to {upload}/");
+    let at = failed.stderr.find(&prefix).unwrap() + 3;
+    let dst = failed.stderr[at..].split(" failed").next().unwrap();
+    let family = &job.config.hbase.column_family;
+    let stale = [
+        format!("{dst}/{family}"),
+        format!("{dst}.uploading/{family}"),
+    ];
+    let mkdir = stack(&["hdfs-dfs", "-mkdir", "-p", &stale[0], &stale[1]]);
+    assert_eq!(mkdir.code, 0, "{}", mkdir.stderr);
+    let stray = stale.map(|d| format!("{d}/stray"));
+    let touch = stack(&["hdfs-dfs", "-touchz", &stray[0], &stray[1]]);
+    assert_eq!(touch.code, 0, "{}", touch.stderr);
+
+    // The resumed run uploads and loads every table.
     let out = bulk_base_via(&job, &upload, &["--resume"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let s = out.json();
