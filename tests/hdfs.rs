@@ -33,9 +33,11 @@ struct Hdfs;
 
 impl Hdfs {
     fn up() -> Hdfs {
+        // The guard first: a start that fails half-way is stopped too.
+        let guard = Hdfs;
         let up = stack(&["hdfs-up"]);
         assert_eq!(up.code, 0, "hdfs-up\n{}", up.stderr);
-        Hdfs
+        guard
     }
 }
 
