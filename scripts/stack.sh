@@ -7,6 +7,8 @@
 #     Thrift2 gateway               127.0.0.1:9090
 #     REST gateway                  127.0.0.1:8080
 #     Thrift2 gateway over HTTPS    127.0.0.1:9095  (`up --secure` or FALCON_STACK_SECURE=1)
+#   HDFS (Hadoop 2.10, HBase's jars) NameNode 127.0.0.1:9820 (web 9870) + one DataNode
+#                                   (data 9866, web 9864, ipc 9867); only by `hdfs-up`
 #
 # TLS: a throwaway CA and certificates (CN=localhost, IP 127.0.0.1) are made once with
 # openssl under $FALCON_STACK_DIR/tls/. MariaDB always has them (a plain client is still
@@ -21,6 +23,7 @@
 #
 # Usage: scripts/stack.sh up | down | reset | status | logs [SERVER] | hbase-shell | kafka-class CLASS ARGS | hbase-class CLASS|FILE.java ARGS
 #        scripts/stack.sh up --secure   (also the HTTPS Thrift gateway)
+#        scripts/stack.sh hdfs-up | hdfs-down | hdfs-dfs ARGS   (`hdfs dfs ARGS`: Hadoop's FsShell)
 #        scripts/stack.sh stop SERVER | start SERVER | kill SERVER | restart SERVER
 #   SERVER = mariadb | kafka | hbase | thrift | rest | thrift-tls
 #
@@ -29,6 +32,11 @@
 # `start` starts it and waits until it answers, as `up` does, `restart` is stop + start.
 # The other servers are left as they are. The HBase gateways need HBase: `start thrift`
 # or `start rest` waits for HBase too, but does not start it.
+#
+# HDFS (the production bulk-load path, tests/hdfs.rs) is not part of `up`: `hdfs-up` starts a
+# NameNode and a DataNode (256 MiB heap each) from the HBase jars already fetched
+# (hadoop-hdfs holds the servers), formats the NameNode once, and returns when a file can be
+# written through the DataNode; `hdfs-down` stops them, and so does `down`.
 #
 # Everything lives under $FALCON_STACK_DIR (default: <repo>/.stack): jars (lib/), data,
 # logs (logs/), pid files (run/). `reset` wipes the data but keeps the cached jars.
@@ -70,6 +78,11 @@ KAFKA_SASL_PASSWORD=falcon-kafka
 THRIFT_KEYSTORE_PASSWORD=falcon-stack
 SECURE="${FALCON_STACK_SECURE:-0}"
 REST_PORT=8080
+HDFS_NAMENODE_PORT=9820
+HDFS_NAMENODE_HTTP_PORT=9870
+HDFS_DATANODE_PORT=9866
+HDFS_DATANODE_HTTP_PORT=9864
+HDFS_DATANODE_IPC_PORT=9867
 
 # JDK 11+ flags that HBase's bin/hbase adds.
 HBASE_JDK_OPTS=(
@@ -164,7 +177,8 @@ log_file() {
     hbase) echo "$LOG_DIR/hbase-master.log" ;;
     thrift) echo "$LOG_DIR/hbase-thrift.log" ;;
     rest) echo "$LOG_DIR/hbase-rest.log" ;;
-    *) die "unknown server '$1' (mariadb|kafka|hbase|thrift|rest)" ;;
+    namenode | datanode) echo "$LOG_DIR/hdfs-$1.log" ;;
+    *) die "unknown server '$1' (mariadb|kafka|hbase|thrift|rest|namenode|datanode)" ;;
   esac
 }
 
@@ -655,6 +669,90 @@ stop_hbase_master() {
   fi
 }
 
+# ----------------------------------------------------------------------------- HDFS
+
+# hdfs_cmd NAME [ARGS...]: sets HDFS_CMD to the java command of one HDFS process on the
+# HBase jars (hadoop-hdfs holds the NameNode and DataNode) with the HDFS config folder first.
+hdfs_cmd() {
+  local name="$1"
+  shift
+  HDFS_CMD=(java -Xms256m -Xmx256m -XX:+UseSerialGC -Djava.net.preferIPv4Stack=true
+    -Djava.awt.headless=true -Dfalcon.stack="$STACK_DIR"
+    -Dhadoop.log.dir="$LOG_DIR" -Dhdfs.log.dir="$LOG_DIR" -Dhdfs.log.file="hdfs-$name.log"
+    -Dlog4j2.configurationFile="$CONF_DIR/hdfs/log4j2.properties"
+    -cp "$CONF_DIR/hdfs:$LIB_DIR/hbase/*" "$@")
+}
+
+# hdfs_prepare: the config folder. The jars carry no web pages, and the servers' web
+# servers (which the DataNode and WebHDFS need) refuse to start without their folder on
+# the classpath: empty ones are enough.
+hdfs_prepare() {
+  mkdir -p "$STACK_DIR/hdfs/name" "$STACK_DIR/hdfs/data" "$STACK_DIR/hdfs/tmp" \
+    "$CONF_DIR/hdfs/webapps/hdfs" "$CONF_DIR/hdfs/webapps/datanode" "$CONF_DIR/hdfs/webapps/static"
+  render "$TPL_DIR/hdfs/core-site.xml" "$CONF_DIR/hdfs/core-site.xml"
+  render "$TPL_DIR/hdfs/hdfs-site.xml" "$CONF_DIR/hdfs/hdfs-site.xml"
+  cp "$TPL_DIR/hdfs/log4j2.properties" "$CONF_DIR/hdfs/log4j2.properties"
+}
+
+# The NameNode out of safe mode with a live DataNode (its JMX servlet; WebHDFS is no use
+# here: its Jersey 1.9 cannot scan classes on Java 17 and answers 500).
+check_hdfs_live() {
+  local state
+  state="$(curl -fsS -m 5 "http://127.0.0.1:$HDFS_NAMENODE_HTTP_PORT/jmx?qry=Hadoop:service=NameNode,name=FSNamesystemState")" &&
+    grep -q '"FSState" : "Operational"' <<<"$state" &&
+    grep -Eq '"NumLiveDataNodes" : [1-9]' <<<"$state"
+}
+
+# A write through the DataNode: a small file put with Hadoop's own shell (one JVM).
+check_hdfs_write() {
+  hdfs_cmd shell org.apache.hadoop.fs.FsShell -put -f - "hdfs://127.0.0.1:$HDFS_NAMENODE_PORT/tmp/stack-ready"
+  echo ready | "${HDFS_CMD[@]}" >>"$LOG_DIR/hdfs-shell.out" 2>&1
+}
+
+check_namenode() { port_open "$HDFS_NAMENODE_PORT" && port_open "$HDFS_NAMENODE_HTTP_PORT"; }
+
+cmd_hdfs_up() {
+  local t0 p started=0
+  t0="$(now)"
+  mkdir -p "$RUN_DIR" "$LOG_DIR" "$CONF_DIR"
+  [[ -f "$LIB_DIR/hbase/.stack-key" ]] || die "no HBase jars yet: run 'scripts/stack.sh up' first"
+  hdfs_prepare
+  if [[ -z "$(running_pid namenode)" ]]; then
+    for p in "$HDFS_NAMENODE_PORT" "$HDFS_NAMENODE_HTTP_PORT"; do
+      port_open "$p" && die "namenode: port $p is taken by a process this script did not start"
+    done
+    if [[ ! -f "$STACK_DIR/hdfs/name/current/VERSION" ]]; then
+      hdfs_cmd format org.apache.hadoop.hdfs.server.namenode.NameNode -format -nonInteractive
+      "${HDFS_CMD[@]}" >"$LOG_DIR/hdfs-format.out" 2>&1 ||
+        { tail -n 30 "$LOG_DIR/hdfs-format.out" "$LOG_DIR/hdfs-format.log" >&2; die "namenode: format failed"; }
+    fi
+    hdfs_cmd namenode org.apache.hadoop.hdfs.server.namenode.NameNode
+    spawn namenode "$LOG_DIR/namenode.out" "${HDFS_CMD[@]}"
+    started=1
+  fi
+  if [[ -z "$(running_pid datanode)" ]]; then
+    for p in "$HDFS_DATANODE_PORT" "$HDFS_DATANODE_HTTP_PORT" "$HDFS_DATANODE_IPC_PORT"; do
+      port_open "$p" && die "datanode: port $p is taken by a process this script did not start"
+    done
+    # It retries the NameNode until it answers: both start side by side.
+    hdfs_cmd datanode org.apache.hadoop.hdfs.server.datanode.DataNode
+    spawn datanode "$LOG_DIR/datanode.out" "${HDFS_CMD[@]}"
+    started=1
+  fi
+  wait_for "namenode" check_namenode
+  wait_for "datanode namenode" check_hdfs_live
+  wait_for "datanode namenode" check_hdfs_write
+  local how=up
+  ((started)) || how="already up"
+  log "hdfs: $how (namenode pid $(running_pid namenode), hdfs://127.0.0.1:$HDFS_NAMENODE_PORT, datanode pid $(running_pid datanode)) in $(elapsed "$t0")s"
+}
+
+cmd_hdfs_down() {
+  mkdir -p "$RUN_DIR"
+  stop_server datanode 30
+  stop_server namenode 30
+}
+
 # ----------------------------------------------------------------------------- commands
 
 # One server, for fault tests: NAME must be one of the stack's servers.
@@ -771,6 +869,7 @@ cmd_down() {
   stop_server rest 30 &
   stop_server thrift 30 &
   stop_server thrift-tls 30 &
+  cmd_hdfs_down &
   wait
   stop_server kafka 60 &
   stop_hbase_master &
@@ -783,7 +882,7 @@ cmd_reset() {
   local t0
   t0="$(now)"
   cmd_down
-  rm -rf "$STACK_DIR/mariadb" "$STACK_DIR/kafka" "$STACK_DIR/hbase"
+  rm -rf "$STACK_DIR/mariadb" "$STACK_DIR/kafka" "$STACK_DIR/hbase" "$STACK_DIR/hdfs"
   log "stack: data wiped (jars kept in $LIB_DIR)"
   cmd_up
   log "stack: reset in $(elapsed "$t0")s"
@@ -791,14 +890,19 @@ cmd_reset() {
 
 cmd_status() {
   local name port pid state rc=0
-  for name in mariadb kafka hbase thrift rest thrift-tls; do
+  for name in mariadb kafka hbase thrift rest thrift-tls namenode datanode; do
     case "$name" in
       mariadb) port=$MARIADB_PORT ;; kafka) port=$KAFKA_PORT ;; hbase) port=$HBASE_ZK_PORT ;;
       thrift) port=$THRIFT_PORT ;; rest) port=$REST_PORT ;; thrift-tls) port=$THRIFT_TLS_PORT ;;
+      namenode) port=$HDFS_NAMENODE_PORT ;; datanode) port=$HDFS_DATANODE_PORT ;;
     esac
     pid="$(running_pid "$name")"
     if [[ $name == thrift-tls && -z "$pid" ]] && ((SECURE == 0)); then
       printf '%-10s %-8s pid=%-8s 127.0.0.1:%s (secure mode only)\n' "$name" off - "$port"
+      continue
+    fi
+    if [[ $name == namenode || $name == datanode ]] && [[ -z "$pid" ]]; then
+      printf '%-10s %-8s pid=%-8s 127.0.0.1:%s (hdfs-up only)\n' "$name" off - "$port"
       continue
     fi
     if [[ -n "$pid" ]] && port_open "$port"; then state=up
@@ -861,6 +965,12 @@ main() {
     kill) cmd_kill_one "$@" ;;
     restart) cmd_stop_one "$@" && cmd_start_one "$@" ;;
     hbase-shell) cmd_hbase_shell "$@" ;;
+    hdfs-up) cmd_hdfs_up ;;
+    hdfs-down) cmd_hdfs_down ;;
+    hdfs-dfs) # hdfs-dfs ARGS...: Hadoop's FsShell (`hdfs dfs`) on the stack's HDFS config
+      [[ -f "$CONF_DIR/hdfs/core-site.xml" ]] || die "no HDFS config yet: run 'scripts/stack.sh hdfs-up' first"
+      hdfs_cmd shell org.apache.hadoop.fs.FsShell "$@"
+      exec "${HDFS_CMD[@]}" ;;
     kafka-class) # kafka-class MAINCLASS ARGS...: a Kafka tool on the stack's jars (benchmarks)
       kafka_java -Dlog4j2.configurationFile="$CONF_DIR/kafka/tools-log4j2.properties" "$@" ;;
     hbase-class) # hbase-class MAINCLASS|FILE.java ARGS...: an HBase tool on the stack's jars and config

@@ -15,8 +15,24 @@
 // any failed (the others are still loaded and reported), 2 on bad arguments.
 // The tool moves each loaded file out of DIR, so running it again loads only
 // what an interrupted run left.
+//
+// Production (HBase on HDFS): -Dfalcon.bulkload.upload=BASE (a filesystem URL,
+// e.g. hdfs://namenode:8020/hbase-staging/falcon; in HBASE_LOADER_OPTS, or
+// HBASE_TOOL_OPTS for `scripts/stack.sh hbase-class`) copies each local DIR
+// into that filesystem first, in this JVM (its files side by side,
+// -Dfalcon.bulkload.upload.threads=16 at most), to BASE/<DIR's last four path
+// components> (the migrator's <run>/shard-I-of-N.bulk/hfiles/<table>, so runs
+// and shards never share a folder), and loads from there. The copy is written
+// under <folder>.uploading and renamed in, replacing what an earlier attempt
+// left (never merged with it); DIR itself is left as it is, so a load run
+// again uploads and loads every file again, which changes nothing a reader
+// sees: cells carry their source versions as timestamps. With HBase's rootdir
+// on the same HDFS the region servers rename the uploaded files into the
+// regions; on another filesystem (the local stack) they copy them. The
+// uploaded folder is left for the operator to remove once the run is done.
 
 import java.io.BufferedReader;
+import java.io.IOException;
 import java.io.InputStreamReader;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
@@ -27,7 +43,11 @@ import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 
 import org.apache.hadoop.conf.Configuration;
+import org.apache.hadoop.fs.FileSystem;
+import org.apache.hadoop.fs.FileUtil;
+import org.apache.hadoop.fs.LocatedFileStatus;
 import org.apache.hadoop.fs.Path;
+import org.apache.hadoop.fs.RemoteIterator;
 import org.apache.hadoop.hbase.HBaseConfiguration;
 import org.apache.hadoop.hbase.TableName;
 import org.apache.hadoop.hbase.client.AsyncConnection;
@@ -86,6 +106,12 @@ public class BulkLoadTables {
         loads.get(i).get();
       } catch (ExecutionException e) {
         failed++;
+        if (e.getCause() instanceof UploadFailed) {
+          // Its cause last, where the migrator's error (the end of stderr) shows it.
+          e.getCause().printStackTrace();
+          System.err.println("bulk load of " + tables.get(i) + " failed: " + e.getCause().getMessage());
+          continue;
+        }
         System.err.println("bulk load of " + tables.get(i) + " failed: " + e.getCause());
         e.getCause().printStackTrace();
       }
@@ -95,10 +121,12 @@ public class BulkLoadTables {
   }
 
   static java.util.concurrent.Callable<Void> load(Configuration conf, String dir, String table) {
+    String base = System.getProperty("falcon.bulkload.upload");
     return () -> {
+      Path from = base == null ? new Path(dir) : upload(conf, dir, base);
       // As the tool's own main: nothing loaded from a folder with files is a failure.
-      if (BulkLoadHFiles.create(conf).bulkLoad(TableName.valueOf(table), new Path(dir)).isEmpty()) {
-        throw new java.io.IOException("no HFile of " + dir + " was loaded");
+      if (BulkLoadHFiles.create(conf).bulkLoad(TableName.valueOf(table), from).isEmpty()) {
+        throw new java.io.IOException("no HFile of " + (base == null ? dir : from) + " was loaded");
       }
       synchronized (System.out) {
         System.out.println("loaded " + table);
@@ -106,5 +134,66 @@ public class BulkLoadTables {
       }
       return null;
     };
+  }
+
+  // The files of an upload are copied side by side (-Dfalcon.bulkload.upload.threads, 16):
+  // closing an HDFS file waits until the DataNode's report of its block reached the
+  // NameNode (0.4 s on the local stack), which a copy of one file after another pays per
+  // file, i.e. per region.
+  static final ExecutorService COPIES =
+      Executors.newFixedThreadPool(Integer.getInteger("falcon.bulkload.upload.threads", 16));
+
+  /** An upload that failed: the load was not tried. */
+  static class UploadFailed extends IOException {
+    UploadFailed(String message, Throwable cause) {
+      super(message, cause);
+    }
+  }
+
+  /**
+   * Copies the folder DIR to BASE/<DIR's last four path components> (see the header),
+   * written beside and renamed in, and returns where it is.
+   */
+  static Path upload(Configuration conf, String dir, String base) throws IOException {
+    Path src = new Path(dir);
+    List<String> tail = new ArrayList<>();
+    for (Path p = src; p != null && !p.isRoot() && tail.size() < 4; p = p.getParent()) {
+      // HDFS takes no ':' in a name: a namespace's table (ns:table) gets a folder per part.
+      tail.add(0, p.getName().replace(':', '/'));
+    }
+    Path dst = new Path(base + "/" + String.join("/", tail));
+    try {
+      long t0 = System.nanoTime();
+      FileSystem fs = dst.getFileSystem(conf);
+      dst = fs.makeQualified(dst);
+      Path part = new Path(dst.getParent(), dst.getName() + ".uploading");
+      fs.delete(part, true);
+      FileSystem srcFs = src.getFileSystem(conf);
+      String root = srcFs.makeQualified(src).toUri().getPath();
+      List<Future<Boolean>> copies = new ArrayList<>();
+      long bytes = 0;
+      for (RemoteIterator<LocatedFileStatus> it = srcFs.listFiles(src, true); it.hasNext();) {
+        LocatedFileStatus f = it.next();
+        Path to = new Path(part, f.getPath().toUri().getPath().substring(root.length() + 1));
+        bytes += f.getLen();
+        copies.add(COPIES.submit(() -> FileUtil.copy(srcFs, f.getPath(), fs, to, false, conf)));
+      }
+      for (Future<Boolean> c : copies) {
+        if (!c.get()) {
+          throw new IOException("a copy into " + part + " reported failure");
+        }
+      }
+      fs.delete(dst, true);
+      if (!fs.rename(part, dst)) {
+        throw new IOException("cannot rename " + part + " to " + dst);
+      }
+      System.err.printf("uploaded %s to %s: %d files, %d bytes in %.1f s%n", src, dst,
+          copies.size(), bytes, (System.nanoTime() - t0) / 1e9);
+      return dst;
+    } catch (IOException | InterruptedException e) {
+      throw new UploadFailed("upload of " + src + " to " + dst + " failed: " + e, e);
+    } catch (ExecutionException e) {
+      throw new UploadFailed("upload of " + src + " to " + dst + " failed: " + e.getCause(), e.getCause());
+    }
   }
 }
