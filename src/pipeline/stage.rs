@@ -1,6 +1,6 @@
 //! The HBase side of the write path for a bulk load (`--hbase-load bulk`):
 //! instead of puts, a unit's cells go into sorted run files, one per table
-//! and region, in the unit's own folder under the staging dir.
+//! and spill (indexed by region), in the unit's own folder under the staging dir.
 //!
 //! Memory is bounded: a worker's cells, whatever their table, go into one
 //! buffer of the spill size, reserved once; when a cell does not fit, the
@@ -119,8 +119,8 @@ impl Stager {
         Ok(())
     }
 
-    /// Writes the buffer out as sorted runs, one file per table and region:
-    /// `<unit>/<table>/r<region>.s<spill>.run`.
+    /// Writes the buffer out as sorted runs, one file per table, its cells
+    /// region by region (`runs::read_index`): `<unit>/<table>/s<spill>.run`.
     fn spill(&mut self) -> Result<()> {
         let Some(unit) = &self.unit else {
             return Err(crate::error::Error::Other(
@@ -140,7 +140,7 @@ impl Stager {
         self.buf
             .write_sorted(
                 |row| region_of(splits, row),
-                |t, r| dirs[usize::from(t)].join(format!("r{r:05}.s{seq:05}.run")),
+                |t| dirs[usize::from(t)].join(format!("s{seq:05}.run")),
             )
             .map_err(|e| cp_err(unit, e))?;
         Ok(())

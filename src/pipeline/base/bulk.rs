@@ -39,7 +39,7 @@ use crate::checkpoint::{read_json, write_json_atomic, ChunkDone};
 use crate::error::{Error, Result};
 use crate::pipeline::stage::{Stager, SEALED};
 use crate::sink::hbase::hfile::{FileMeta, HFileWriter};
-use crate::sink::hbase::runs::{merge_into, Merge};
+use crate::sink::hbase::runs::{merge_into, read_index, Merge, RunSlice};
 
 /// Run files a merge holds open at once.
 pub const FAN_IN: usize = 64;
@@ -221,9 +221,9 @@ impl Finish<'_> {
         Ok(())
     }
 
-    /// The run files of `table` in every committed chunk: region → files.
-    fn committed_runs(&self, table: &str) -> Result<BTreeMap<usize, Vec<PathBuf>>> {
-        let mut out: BTreeMap<usize, Vec<PathBuf>> = BTreeMap::new();
+    /// The runs of `table` in every committed chunk: region → its slices.
+    fn committed_runs(&self, table: &str) -> Result<BTreeMap<usize, Vec<RunSlice>>> {
+        let mut out: BTreeMap<usize, Vec<RunSlice>> = BTreeMap::new();
         let mut missing = Vec::new();
         let runs = self.root.join("runs");
         for ((source, k), d) in self.done {
@@ -240,17 +240,9 @@ impl Finish<'_> {
                 continue;
             }
             for f in list(&t)? {
-                let fname = f
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .to_string();
-                let region = fname
-                    .strip_prefix('r')
-                    .and_then(|s| s.split('.').next())
-                    .and_then(|r| r.parse::<usize>().ok())
-                    .ok_or_else(|| cp_err(&f, "not a run file"))?;
-                out.entry(region).or_default().push(f);
+                for (region, slice) in read_index(&f).map_err(|e| cp_err(&f, e))? {
+                    out.entry(region).or_default().push(slice);
+                }
             }
         }
         if !missing.is_empty() {
@@ -269,7 +261,7 @@ impl Finish<'_> {
     fn write_hfiles(
         &self,
         table: &str,
-        regions: &BTreeMap<usize, Vec<PathBuf>>,
+        regions: &BTreeMap<usize, Vec<RunSlice>>,
     ) -> Result<TableLoad> {
         let started = Instant::now();
         let dir = self.table_dir(table);
@@ -286,7 +278,7 @@ impl Finish<'_> {
         };
         // Regions are independent (their own runs, files and names): they
         // are merged side by side, one per core.
-        let regions: Vec<(&usize, &Vec<PathBuf>)> = regions.iter().collect();
+        let regions: Vec<(&usize, &Vec<RunSlice>)> = regions.iter().collect();
         let parts: Vec<Result<TableLoad>> = regions
             .par_iter()
             .map(|&(&region, paths)| {
@@ -393,14 +385,13 @@ impl RegionFiles<'_> {
 }
 
 /// Merges runs in passes until at most [`FAN_IN`] remain.
-fn reduce_fan_in(mut paths: Vec<PathBuf>, tmp: &Path, tag: &str) -> Result<Vec<PathBuf>> {
+fn reduce_fan_in(mut paths: Vec<RunSlice>, tmp: &Path, tag: &str) -> Result<Vec<RunSlice>> {
     let mut pass = 0;
     while paths.len() > FAN_IN {
         let mut next = Vec::new();
         for (i, group) in paths.chunks(FAN_IN).enumerate() {
             let out = tmp.join(format!("{tag}.p{pass}.{i}.run"));
-            merge_into(group, &out).map_err(|e| cp_err(&out, e))?;
-            next.push(out);
+            next.push(merge_into(group, &out).map_err(|e| cp_err(&out, e))?);
         }
         paths = next;
         pass += 1;

@@ -1,16 +1,20 @@
 //! Sorted runs of HBase cells for the bulk load: a fixed-size buffer of
 //! cells is sorted in HBase's order ([`hfile::compare_keys`]) and written
-//! out as one run file per table and region, and the runs of a region are merged back into
-//! one sorted stream for the HFile writer.
+//! out as one run file per table, its cells region by region, and the runs
+//! of a region are merged back into one sorted stream for the HFile writer.
 //!
 //! A run file is a sequence of records `key length u32 BE, value length u32
-//! BE, key (a KeyValue key, family included), value`, in order. A cell whose
-//! key repeats (the same row, column and version twice) is kept once.
+//! BE, key (a KeyValue key, family included), value`, in order, then its
+//! region index: per region present, `region u32 BE, offset u64 BE, length
+//! u64 BE` (its records' bytes), then the count of regions (u32 BE) and
+//! [`INDEX_MAGIC`]. One file per table, not per table and region: a spill
+//! creates and syncs a file or two instead of dozens. A cell whose key
+//! repeats (the same row, column and version twice) is kept once.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::hfile::{self, compare_keys};
@@ -218,14 +222,14 @@ impl RunBuf {
         }
     }
 
-    /// Sorts the rows and writes their cells, one file per table and region:
-    /// `region(row)` names a region (regions are key ranges, so sorted
-    /// rows come region by region) and `path(table, region)` its file.
-    /// Files are synced; returns them. The buffer is left empty.
+    /// Sorts the rows and writes their cells, one file per table (`path(table)`)
+    /// with its region index: `region(row)` names a region (regions are key
+    /// ranges, so sorted rows come region by region). Files are synced;
+    /// returns them. The buffer is left empty.
     pub fn write_sorted(
         &mut self,
         region: impl Fn(&[u8]) -> usize,
-        path: impl Fn(u16, usize) -> PathBuf,
+        path: impl Fn(u16) -> PathBuf,
     ) -> io::Result<Vec<PathBuf>> {
         let data = &self.data;
         let row = |e: &Entry| hfile::key_row(record_key(data, e.at));
@@ -235,7 +239,7 @@ impl RunBuf {
                 .then_with(|| row(a).cmp(row(b)))
         });
         let mut out = Vec::new();
-        let mut cur: Option<((u16, usize), BufWriter<File>)> = None;
+        let mut cur: Option<(u16, RunWriter)> = None;
         // The cells of a row met more than once (pushed twice), merged.
         let mut same: Vec<&[u8]> = Vec::new();
         let mut i = 0;
@@ -246,22 +250,19 @@ impl RunBuf {
             while j < self.at.len() && self.at[j].table == e.table && row(&self.at[j]) == r {
                 j += 1;
             }
-            let reg = region(r);
-            if cur.as_ref().is_none_or(|(c, _)| *c != (e.table, reg)) {
+            if cur.as_ref().is_none_or(|(t, _)| *t != e.table) {
                 if let Some((_, w)) = cur.take() {
-                    finish(w)?;
+                    w.finish()?;
                 }
-                let p = path(e.table, reg);
-                cur = Some((
-                    (e.table, reg),
-                    BufWriter::with_capacity(1 << 16, File::create(&p)?),
-                ));
+                let p = path(e.table);
+                cur = Some((e.table, RunWriter::create(&p)?));
                 out.push(p);
             }
             let (_, w) = cur.as_mut().expect("opened above");
+            w.region(region(r));
             if j == i + 1 {
                 // A row's cells are in order and side by side: one write.
-                w.write_all(group(data, e.at, e.cells))?;
+                w.write(group(data, e.at, e.cells))?;
             } else {
                 same.clear();
                 for g in &self.at[i..j] {
@@ -271,17 +272,116 @@ impl RunBuf {
                 // Equal keys are equal bytes (one encoding per key).
                 same.dedup_by(|a, b| key_of(a) == key_of(b));
                 for rec in &same {
-                    w.write_all(rec)?;
+                    w.write(rec)?;
                 }
             }
             i = j;
         }
         if let Some((_, w)) = cur.take() {
-            finish(w)?;
+            w.finish()?;
         }
         self.clear();
         Ok(out)
     }
+}
+
+/// The end of a run file's region index.
+pub const INDEX_MAGIC: &[u8; 8] = b"FRUNIDX1";
+
+/// Writes one run file: records region by region, then the region index.
+struct RunWriter {
+    w: BufWriter<File>,
+    at: u64,
+    /// (region, offset, length) of each region written.
+    index: Vec<(u32, u64, u64)>,
+}
+
+impl RunWriter {
+    fn create(p: &Path) -> io::Result<RunWriter> {
+        Ok(RunWriter {
+            w: BufWriter::with_capacity(1 << 16, File::create(p)?),
+            at: 0,
+            index: Vec::new(),
+        })
+    }
+
+    /// The region of the records that follow (regions come in order).
+    fn region(&mut self, region: usize) {
+        let region = u32::try_from(region).expect("fewer than 4 billion regions");
+        if self.index.last().is_none_or(|&(r, _, _)| r != region) {
+            self.index.push((region, self.at, 0));
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.w.write_all(bytes)?;
+        self.at += bytes.len() as u64;
+        self.index.last_mut().expect("a region first").2 += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the index and syncs the file.
+    fn finish(mut self) -> io::Result<()> {
+        for &(r, off, len) in &self.index {
+            self.w.write_all(&r.to_be_bytes())?;
+            self.w.write_all(&off.to_be_bytes())?;
+            self.w.write_all(&len.to_be_bytes())?;
+        }
+        self.w.write_all(&(self.index.len() as u32).to_be_bytes())?;
+        self.w.write_all(INDEX_MAGIC)?;
+        finish(self.w)
+    }
+}
+
+/// The records of one region in a run file (or a whole merged run).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSlice {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// A run file's region index: each region present and its slice.
+pub fn read_index(p: &Path) -> io::Result<Vec<(usize, RunSlice)>> {
+    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, format!("not a run file: {m}"));
+    let mut f = File::open(p)?;
+    let size = f.metadata()?.len();
+    if size < 12 {
+        return Err(bad("too short"));
+    }
+    let mut tail = [0u8; 12];
+    f.seek(SeekFrom::Start(size - 12))?;
+    f.read_exact(&mut tail)?;
+    if &tail[4..] != INDEX_MAGIC {
+        return Err(bad("no region index"));
+    }
+    let n = u64::from(u32::from_be_bytes(tail[..4].try_into().expect("4 bytes")));
+    let index_len = n * 20;
+    if index_len + 12 > size {
+        return Err(bad("index longer than the file"));
+    }
+    let data_len = size - 12 - index_len;
+    let mut raw = vec![0u8; index_len as usize];
+    f.seek(SeekFrom::Start(data_len))?;
+    f.read_exact(&mut raw)?;
+    raw.chunks_exact(20)
+        .map(|e| {
+            let region = u32::from_be_bytes(e[..4].try_into().expect("4 bytes")) as usize;
+            let offset = u64::from_be_bytes(e[4..12].try_into().expect("8 bytes"));
+            let len = u64::from_be_bytes(e[12..].try_into().expect("8 bytes"));
+            if offset + len > data_len {
+                return Err(bad("a region past the records"));
+            }
+            Ok((
+                region,
+                RunSlice {
+                    path: p.to_path_buf(),
+                    offset,
+                    len,
+                },
+            ))
+        })
+        .collect()
 }
 
 fn finish(w: BufWriter<File>) -> io::Result<()> {
@@ -289,17 +389,19 @@ fn finish(w: BufWriter<File>) -> io::Result<()> {
     f.sync_all()
 }
 
-/// Reads a run file record by record.
+/// Reads a run's slice record by record.
 pub struct RunReader {
-    r: BufReader<File>,
+    r: BufReader<io::Take<File>>,
     key: Vec<u8>,
     value: Vec<u8>,
 }
 
 impl RunReader {
-    pub fn open(p: &Path) -> io::Result<RunReader> {
+    pub fn open(s: &RunSlice) -> io::Result<RunReader> {
+        let mut f = File::open(&s.path)?;
+        f.seek(SeekFrom::Start(s.offset))?;
         Ok(RunReader {
-            r: BufReader::with_capacity(1 << 16, File::open(p)?),
+            r: BufReader::with_capacity(1 << 16, f.take(s.len)),
             key: Vec::new(),
             value: Vec::new(),
         })
@@ -354,9 +456,9 @@ pub struct Merge {
 }
 
 impl Merge {
-    pub fn open(paths: &[PathBuf]) -> io::Result<Merge> {
-        let mut heap = BinaryHeap::with_capacity(paths.len());
-        for p in paths {
+    pub fn open(runs: &[RunSlice]) -> io::Result<Merge> {
+        let mut heap = BinaryHeap::with_capacity(runs.len());
+        for p in runs {
             let mut reader = RunReader::open(p)?;
             if reader.advance()? {
                 heap.push(Head { reader });
@@ -388,26 +490,35 @@ impl Merge {
     }
 }
 
-/// Writes a merged stream of runs back as one run (a merge pass when there
-/// are more runs than files one merge may hold open).
-pub fn merge_into(paths: &[PathBuf], out: &Path) -> io::Result<()> {
+/// Writes a merged stream of runs back as one run of one region (a merge
+/// pass when there are more runs than files one merge may hold open);
+/// returns it as a slice.
+pub fn merge_into(runs: &[RunSlice], out: &Path) -> io::Result<RunSlice> {
     let mut w = BufWriter::with_capacity(1 << 16, File::create(out)?);
-    Merge::open(paths)?.for_each(|k, v| {
+    let mut len = 0u64;
+    Merge::open(runs)?.for_each(|k, v| {
         w.write_all(&(k.len() as u32).to_be_bytes())?;
         w.write_all(&(v.len() as u32).to_be_bytes())?;
         w.write_all(k)?;
-        w.write_all(v)
+        w.write_all(v)?;
+        len += 8 + (k.len() + v.len()) as u64;
+        Ok(())
     })?;
-    finish(w)
+    finish(w)?;
+    Ok(RunSlice {
+        path: out.to_path_buf(),
+        offset: 0,
+        len,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn collect(paths: &[PathBuf]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fn collect(runs: &[RunSlice]) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut out = Vec::new();
-        Merge::open(paths)
+        Merge::open(runs)
             .unwrap()
             .for_each(|k, v| {
                 out.push((k.to_vec(), v.to_vec()));
@@ -415,6 +526,31 @@ mod tests {
             })
             .unwrap();
         out
+    }
+
+    /// Every region's slice of a run file.
+    fn slices(p: &Path) -> Vec<RunSlice> {
+        read_index(p).unwrap().into_iter().map(|(_, s)| s).collect()
+    }
+
+    #[test]
+    fn a_file_without_its_region_index_is_refused() {
+        let dir = std::env::temp_dir().join(format!("falcon-runs-torn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut b = RunBuf::new(1 << 20);
+        b.push_row(0, b"row", b"d", 1, &mut [(b"q", b"v")]);
+        let p = &b.write_sorted(|_| 3, |_| dir.join("run")).unwrap()[0];
+        let index = read_index(p).unwrap();
+        assert_eq!(index.len(), 1);
+        assert_eq!(index[0].0, 3);
+        // Cut short (a write torn by a crash): refused, not read as empty.
+        let bytes = std::fs::read(p).unwrap();
+        for keep in [bytes.len() - 1, bytes.len() - 20, 5] {
+            std::fs::write(p, &bytes[..keep]).unwrap();
+            let e = read_index(p).unwrap_err();
+            assert!(e.to_string().contains("not a run file"), "{e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -437,22 +573,22 @@ mod tests {
             assert!(!b.is_empty());
             assert_eq!(b.tables().collect::<Vec<_>>(), [0, 1]);
             let written = b
-                .write_sorted(region, |t, r| dir.join(format!("run{run}-t{t}-r{r}")))
+                .write_sorted(region, |t| dir.join(format!("run{run}-t{t}")))
                 .unwrap();
             assert!(b.is_empty());
             assert_eq!(b.bytes(), 0);
-            let names: Vec<String> = written
-                .iter()
-                .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
-                .collect();
-            assert_eq!(
-                names,
-                [0, 1, 2, 3].map(|i| format!("run{run}-t{}-r{}", i / 2, i % 2))
-            );
-            files.push(written);
+            // One file per table, each indexing its two regions.
+            assert_eq!(written, [0, 1].map(|t| dir.join(format!("run{run}-t{t}"))));
+            let mut slices = Vec::new();
+            for p in &written {
+                let index = read_index(p).unwrap();
+                assert_eq!(index.iter().map(|(r, _)| *r).collect::<Vec<_>>(), [0, 1]);
+                slices.extend(index.into_iter().map(|(_, s)| s));
+            }
+            files.push(slices);
         }
         for (f, t, r) in [(0, 0u8, 0), (1, 0, 1), (2, 1, 0), (3, 1, 1)] {
-            let paths: Vec<PathBuf> = files.iter().map(|w| w[f].clone()).collect();
+            let paths: Vec<RunSlice> = files.iter().map(|w| w[f].clone()).collect();
             let got = collect(&paths);
             // Runs 0 and 2 wrote the same keys (version 0): each key once.
             assert_eq!(got.len(), 100, "file {f}");
@@ -464,8 +600,7 @@ mod tests {
                 assert_eq!(v[2], t, "a cell of its own table");
             }
             // A merge pass keeps the same stream.
-            let merged = dir.join(format!("merged{f}"));
-            merge_into(&paths, &merged).unwrap();
+            let merged = merge_into(&paths, &dir.join(format!("merged{f}"))).unwrap();
             assert_eq!(collect(&[merged]), got);
             all.extend(got);
         }
@@ -496,15 +631,15 @@ mod tests {
         // About the budget, never more.
         assert!(b.bytes() <= 64 << 10, "{} bytes", b.bytes());
         assert!(b.bytes() > 60 << 10, "{} bytes", b.bytes());
-        b.write_sorted(|_| 0, |_, _| dir.join("full")).unwrap();
-        assert_eq!(collect(&[dir.join("full")]).len(), 4 * n as usize);
+        b.write_sorted(|_| 0, |_| dir.join("full")).unwrap();
+        assert_eq!(collect(&slices(&dir.join("full"))).len(), 4 * n as usize);
         // A row larger than the whole buffer: it never fits, goes into the
         // empty buffer anyway, and is written whole.
         let big = vec![1u8; 100 << 10];
         assert!(!b.fits(RunBuf::row_len(b"row", b"d", &[(b"q", &big)])));
         b.push_row(0, b"row", b"d", 1, &mut [(b"q", &big)]);
-        b.write_sorted(|_| 0, |_, _| dir.join("big")).unwrap();
-        let got = collect(&[dir.join("big")]);
+        b.write_sorted(|_| 0, |_| dir.join("big")).unwrap();
+        let got = collect(&slices(&dir.join("big")));
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].1, big);
         assert!(b.fits(len));
@@ -543,9 +678,9 @@ mod tests {
         let mut wide: Vec<(&[u8], &[u8])> = qs.iter().map(|q| (&q[..], &b"w"[..])).collect();
         b.push_row(1, b"wide", b"d", 1, &mut wide);
         let files = b
-            .write_sorted(|_| 0, |t, _| dir.join(format!("t{t}")))
+            .write_sorted(|_| 0, |t| dir.join(format!("t{t}")))
             .unwrap();
-        let got = collect(&files[..1]);
+        let got = collect(&slices(&files[0]));
         type Cell = (Vec<u8>, Vec<u8>, i64, Vec<u8>);
         let cells: Vec<Cell> = got
             .iter()
@@ -568,7 +703,7 @@ mod tests {
                 c(b"r2", b"z", 5, b"1"),
             ]
         );
-        let wide = collect(&files[1..]);
+        let wide = collect(&slices(&files[1]));
         assert_eq!(wide.len(), 70_000);
         for w in wide.windows(2) {
             assert_eq!(compare_keys(&w[0].0, &w[1].0), Ordering::Less);
