@@ -427,7 +427,28 @@ impl RunReader {
 }
 
 struct Head {
+    /// The row prefix of the reader's key (`hfile::row_prefix`): most
+    /// comparisons end on it, without parsing or comparing whole keys.
+    prefix: u128,
     reader: RunReader,
+}
+
+impl Head {
+    fn new(reader: RunReader) -> Head {
+        Head {
+            prefix: hfile::row_prefix(hfile::key_row(&reader.key)),
+            reader,
+        }
+    }
+
+    /// The next record, or false at the end.
+    fn advance(&mut self) -> io::Result<bool> {
+        let more = self.reader.advance()?;
+        if more {
+            self.prefix = hfile::row_prefix(hfile::key_row(&self.reader.key));
+        }
+        Ok(more)
+    }
 }
 
 impl PartialEq for Head {
@@ -444,7 +465,9 @@ impl PartialOrd for Head {
 impl Ord for Head {
     // BinaryHeap is a max-heap: the smallest key must compare greatest.
     fn cmp(&self, o: &Self) -> Ordering {
-        compare_keys(&o.reader.key, &self.reader.key)
+        o.prefix
+            .cmp(&self.prefix)
+            .then_with(|| compare_keys(&o.reader.key, &self.reader.key))
     }
 }
 
@@ -461,7 +484,7 @@ impl Merge {
         for p in runs {
             let mut reader = RunReader::open(p)?;
             if reader.advance()? {
-                heap.push(Head { reader });
+                heap.push(Head::new(reader));
             }
         }
         Ok(Merge {
@@ -474,7 +497,7 @@ impl Merge {
     /// Calls `f(key, value)` for each cell in order.
     pub fn for_each(mut self, mut f: impl FnMut(&[u8], &[u8]) -> io::Result<()>) -> io::Result<()> {
         while let Some(mut top) = self.heap.peek_mut() {
-            let r = &mut top.reader;
+            let r = &top.reader;
             // Equal keys are equal bytes (one encoding per key).
             if !self.started || self.last != r.key {
                 f(&r.key, &r.value)?;
@@ -482,7 +505,7 @@ impl Merge {
                 self.last.extend_from_slice(&r.key);
                 self.started = true;
             }
-            if !r.advance()? {
+            if !top.advance()? {
                 std::collections::binary_heap::PeekMut::pop(top);
             }
         }
@@ -550,6 +573,56 @@ mod tests {
             let e = read_index(p).unwrap_err();
             assert!(e.to_string().contains("not a run file"), "{e}");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn runs_whose_rows_share_a_long_prefix_merge_in_hbase_order() {
+        let dir = std::env::temp_dir().join(format!("falcon-runs-prefix-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut b = RunBuf::new(1 << 20);
+        let mut runs = Vec::new();
+        let mut want = Vec::new();
+        for run in 0..4u8 {
+            for i in 0..50u8 {
+                // 20-byte rows equal in their first 17 bytes, some shorter
+                // than the prefix, spread over the runs.
+                let mut row = vec![7u8; 17];
+                row.extend([i % 5, run, i]);
+                if i % 7 == 0 {
+                    row.truncate(usize::from(i % 16) + 1);
+                }
+                let v = [run, i];
+                b.push_row(
+                    0,
+                    &row,
+                    b"d",
+                    i64::from(i % 3),
+                    &mut [(b"q", &v), (b"p", &v)],
+                );
+                for q in [b"p", b"q"] {
+                    want.push((row.clone(), q.to_vec(), i64::from(i % 3)));
+                }
+            }
+            let p = b
+                .write_sorted(|_| 0, |_| dir.join(format!("r{run}")))
+                .unwrap();
+            runs.extend(slices(&p[0]));
+        }
+        let got = collect(&runs);
+        for w in got.windows(2) {
+            assert_eq!(compare_keys(&w[0].0, &w[1].0), Ordering::Less);
+        }
+        want.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)).then(b.2.cmp(&a.2)));
+        want.dedup();
+        let got: Vec<_> = got
+            .iter()
+            .map(|(k, _)| {
+                let (row, _, q, ts, _) = hfile::split_key(k);
+                (row.to_vec(), q.to_vec(), ts)
+            })
+            .collect();
+        assert_eq!(got, want);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

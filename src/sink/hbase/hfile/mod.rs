@@ -57,6 +57,36 @@ pub const TYPE_PUT: u8 = 4;
 static CRC32C: crc::Crc<u32, crc::Table<16>> =
     crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
 
+/// CRC32C of `data`: with SSE 4.2's `crc32` instruction where the CPU has
+/// it (every x86-64 server of the last decade; about ten times the table's
+/// speed, which was an eighth of the HFile step's CPU), else by table.
+pub fn crc32c(data: &[u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("sse4.2") {
+            // SAFETY: the CPU has SSE 4.2, checked just above.
+            return unsafe { crc32c_sse42(data) };
+        }
+    }
+    CRC32C.checksum(data)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+fn crc32c_sse42(data: &[u8]) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
+    let mut crc = u64::from(u32::MAX);
+    let mut words = data.chunks_exact(8);
+    for w in &mut words {
+        crc = _mm_crc32_u64(crc, u64::from_le_bytes(w.try_into().expect("8 bytes")));
+    }
+    let mut crc = crc as u32;
+    for &b in words.remainder() {
+        crc = _mm_crc32_u8(crc, b);
+    }
+    !crc
+}
+
 /// The length of an encoded key ([`encode_key`]).
 pub fn key_len(row: &[u8], family: &[u8], qualifier: &[u8]) -> usize {
     2 + row.len() + 1 + family.len() + qualifier.len() + 9
@@ -305,7 +335,7 @@ impl<W: Write> HFileWriter<W> {
         h[29..33].copy_from_slice(&(with_header as u32).to_be_bytes());
         let mut sums = Vec::with_capacity(4 * chunks);
         for c in buf.chunks(BYTES_PER_CHECKSUM) {
-            sums.extend_from_slice(&CRC32C.checksum(c).to_be_bytes());
+            sums.extend_from_slice(&crc32c(c).to_be_bytes());
         }
         self.out.write_all(buf)?;
         self.out.write_all(&sums)?;
