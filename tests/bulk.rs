@@ -238,6 +238,45 @@ async fn bulk_load_of_a_dirty_dataset_matches_the_source_and_verifies_clean_afte
     assert_eq!(v.json()["identical"], true, "{}", v.stdout);
 }
 
+/// The tables whose HFiles a bulk-loading run under `dir` recorded, and
+/// the tables that still have staged runs.
+fn staged_tables(dir: &Path) -> (Vec<String>, Vec<String>) {
+    let mut hfiles = Vec::new();
+    let mut runs = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        // The staging dir: <state dir>/…/shard-I-of-N.bulk/{state,runs}.
+        let in_bulk = |n: &str| {
+            d.file_name().is_some_and(|f| f == n)
+                && d.parent()
+                    .and_then(|b| b.file_name())
+                    .is_some_and(|b| b.to_string_lossy().ends_with(".bulk"))
+        };
+        let (state, staged) = (in_bulk("state"), in_bulk("runs"));
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().to_string();
+            if state {
+                if let Some(t) = name.strip_suffix(".hfiles.json") {
+                    hfiles.push(t.to_string());
+                }
+            } else if staged {
+                // runs/<source>.<chunk>/<hbase table>/
+                for t in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                    if t.path().is_dir() {
+                        runs.push(t.file_name().to_string_lossy().to_string());
+                    }
+                }
+            } else if p.is_dir() {
+                todo.push(p);
+            }
+        }
+    }
+    runs.sort();
+    runs.dedup();
+    (hfiles, runs)
+}
+
 /// How many tables a bulk-loading run under `dir` recorded as loaded.
 fn loaded_records(dir: &Path) -> usize {
     let mut n = 0;
@@ -269,6 +308,22 @@ async fn kill_9_while_writing_hfiles_and_while_loading_then_resume_converges() {
     // Resumed, killed again once the first table is loaded but not recorded.
     let second = bulk_base(&job, &loader, &["--resume"], Some("kill-after:load:1"));
     assert_eq!(second.code, -1, "killed by SIGKILL\n{}", second.stderr);
+    // A table whose HFiles are recorded has no runs left; the others keep theirs.
+    let (with_hfiles, with_runs) = staged_tables(&job.state_dir);
+    assert!(
+        !with_hfiles.is_empty(),
+        "a table's HFiles were recorded before the load"
+    );
+    for t in &with_hfiles {
+        assert!(
+            !with_runs.contains(t),
+            "{t}: runs kept after its HFiles ({with_runs:?})"
+        );
+    }
+    assert!(
+        !with_runs.is_empty() || with_hfiles.len() == 5,
+        "{with_hfiles:?} {with_runs:?}"
+    );
     let third = bulk_base(&job, &loader, &["--resume"], None);
     assert_eq!(third.code, 0, "{}", third.stderr);
     let s = third.json();

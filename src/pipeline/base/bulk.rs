@@ -7,10 +7,11 @@
 //! what is done and redoes what is not:
 //!
 //! 1. **HFiles**: the runs of each region, from every committed chunk, are
-//!    merged (at most [`FAN_IN`] files open at once; more are merged in
+//!    merged (at most [`FAN_IN`] runs open at once; more are merged in
 //!    passes) into HFiles (`sink::hbase::hfile`) under
 //!    `hfiles/<table>/<family>/`. Files are written beside, synced, then
 //!    renamed in; a table interrupted half-way is written again from its runs.
+//!    Once a table's HFiles are recorded its runs are deleted.
 //! 2. **Load**: the command given by `--bulk-load-command` is run once, on
 //!    the `hfiles/<table> <table>` pairs of every table not loaded yet
 //!    (`scripts/hbase/BulkLoadTables.java` calls HBase's bulk-load tool,
@@ -121,6 +122,7 @@ impl Finish<'_> {
                     // the chunks, so it is never held for every table.
                     let l = self.write_hfiles(table, &self.committed_runs(table)?)?;
                     write_json_atomic(&self.state(table, "hfiles"), &l)?;
+                    self.drop_runs(table)?;
                     l
                 }
             };
@@ -216,6 +218,23 @@ impl Finish<'_> {
             if let Some(pos) = given.iter().position(|&(i, _)| loads[i].table == name) {
                 let (i, at) = given.remove(pos);
                 self.record_loaded(&mut loads[i], at)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the runs of `table` once its HFiles are recorded (nothing
+    /// reads them again), so the staging dir never holds every table's runs
+    /// and HFiles at once.
+    fn drop_runs(&self, table: &str) -> Result<()> {
+        let runs = self.root.join("runs");
+        if !runs.exists() {
+            return Ok(());
+        }
+        for unit in list(&runs)? {
+            let t = unit.join(table);
+            if t.is_dir() {
+                std::fs::remove_dir_all(&t).map_err(|e| cp_err(&t, e))?;
             }
         }
         Ok(())
