@@ -115,7 +115,7 @@ kafka_ceiling=$(echo "$kafka_line" | sed -E 's/.* ([0-9.]+) records\/sec.*/\1/' 
 cell=$(( (evsize - 250) / 8 )); ((cell > 8)) || cell=8
 pe_rows=$(( rows < 500000 ? rows : 500000 ))
 # PerformanceEvaluation logs through log4j into the stack's hbase-tool.log.
-tool_log=.stack/logs/hbase-tool.log
+tool_log="${FALCON_STACK_DIR:-.stack}/logs/hbase-tool.log"
 before=$( (wc -l <"$tool_log") 2>/dev/null || echo 0)
 bash scripts/stack.sh hbase-class org.apache.hadoop.hbase.PerformanceEvaluation --nomapred \
   --rows="$pe_rows" --valueSize="$cell" --columns=8 --presplit=16 --autoFlush=false --table="bench_${tag}_pe" \
@@ -124,8 +124,10 @@ hbase_ceiling=$( (tail -n +"$((before + 1))" "$tool_log" 2>/dev/null || true) | 
   grep -oE '[0-9]+[[:space:]]+row per second' | grep -oE '^[0-9]+' || true)
 # Our HBase rows: one per source row, plus two id-map rows per message.
 hbase_rows_written=$((rows + 2 * msgs))
-slowest=$(printf '%s\n' "$src_rps" "${kafka_ceiling:-0}" "${hbase_ceiling:-0}" | sort -n | head -1)
-ratio() { python3 -c "print(round($1 / max($2, 1), 2))"; }
+# The slowest of the ceilings measured (a ceiling that could not be measured is left out).
+slowest=$(printf '%s\n' "$src_rps" "${kafka_ceiling:-}" "${hbase_ceiling:-}" | grep -E '^[0-9]+$' | sort -n | head -1)
+# ratio A B: A/B, or ? when B was not measured.
+ratio() { if [[ "${2:-0}" =~ ^[0-9.]+$ && "${2:-0}" != 0 ]]; then python3 -c "print(round($1 / $2, 2))"; else echo "?"; fi; }
 per_m() { python3 -c "print(round($1 / $rows * 1e6, 2))"; }
 us_row() { python3 -c "print(round($1 / $rows * 1e6, 2))"; }
 
@@ -158,7 +160,7 @@ for run in bulk all; do
   want "$run" || continue
   rps=$([[ $run == bulk ]] && echo "$bulk_rps" || echo "$both_rps")
   label=$([[ $run == bulk ]] && echo "both targets, bulk load" || echo "both targets, puts")
-  echo "slowest link ceiling: $slowest rows/s; base ($label): $(ratio "$rps" "$slowest")x of it"
+  echo "slowest link ceiling: ${slowest:-?} rows/s$([[ -z "${kafka_ceiling:-}" || -z "${hbase_ceiling:-}" ]] && echo " (of those measured; see $out for the tool that failed)"); base ($label): $(ratio "$rps" "${slowest:-0}")x of it"
   echo "1.6e9 messages in 3.5 h need $need rows/s: $(python3 -c "import math; print(math.ceil($need / max($rps, 1)))") machines like this one at $rps rows/s each ($label, stack included)"
 done)
 details: $out
