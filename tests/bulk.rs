@@ -51,21 +51,10 @@ fn checking_loader(job: &Job) -> (String, PathBuf) {
 }
 
 fn bulk_base(job: &Job, loader: &str, args: &[&str], failpoint: Option<&str>) -> support::Outcome {
-    let mut all = vec![
-        "--hbase-load",
-        "bulk",
-        "--workers",
-        "2",
-        "--chunk-rows",
-        "700",
-    ];
-    all.extend_from_slice(args);
-    let mut c = job.base_command(&all);
-    c.env("FALCON_BULK_LOAD_COMMAND", loader);
-    match failpoint {
-        Some(f) => c.env("FALCON_FAILPOINT", f),
-        None => c.env_remove("FALCON_FAILPOINT"),
-    };
+    let mut c = job.bulk_base_command(loader, args);
+    if let Some(f) = failpoint {
+        c.env("FALCON_FAILPOINT", f);
+    }
     support::Outcome::from(c.output().unwrap())
 }
 

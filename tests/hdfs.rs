@@ -58,22 +58,11 @@ fn bulk_base_via(job: &Job, upload: &str, args: &[&str]) -> Outcome {
         repo().join("scripts/stack.sh").display(),
         repo().join("scripts/hbase/BulkLoadTables.java").display()
     );
-    let mut all = vec![
-        "--hbase-load",
-        "bulk",
-        "--workers",
-        "2",
-        "--chunk-rows",
-        "700",
-    ];
-    all.extend_from_slice(args);
-    let mut c = job.base_command(&all);
-    c.env("FALCON_BULK_LOAD_COMMAND", loader)
-        .env(
-            "HBASE_TOOL_OPTS",
-            format!("-Dfalcon.bulkload.upload={upload}"),
-        )
-        .env_remove("FALCON_FAILPOINT");
+    let mut c = job.bulk_base_command(&loader, args);
+    c.env(
+        "HBASE_TOOL_OPTS",
+        format!("-Dfalcon.bulkload.upload={upload}"),
+    );
     Outcome::from(c.output().unwrap())
 }
 

@@ -127,6 +127,25 @@ impl Job {
         self.migrate_command("base", args)
     }
 
+    /// `base --hbase-load bulk` with small chunks and two workers (many
+    /// chunks, so runs and HFiles come from several), `loader` as the
+    /// bulk-load command and no failpoint.
+    pub fn bulk_base_command(&self, loader: &str, args: &[&str]) -> Command {
+        let mut all = vec![
+            "--hbase-load",
+            "bulk",
+            "--workers",
+            "2",
+            "--chunk-rows",
+            "700",
+        ];
+        all.extend_from_slice(args);
+        let mut c = self.base_command(&all);
+        c.env("FALCON_BULK_LOAD_COMMAND", loader)
+            .env_remove("FALCON_FAILPOINT");
+        c
+    }
+
     pub fn base(&self, args: &[&str]) -> Outcome {
         Outcome::from(self.base_command(args).output().unwrap())
     }

@@ -237,20 +237,23 @@ mod tests {
         let _ = std::fs::remove_dir_all(d);
     }
 
+    /// Gives `t1` to a loader that is exiting until the write is refused;
+    /// returns the error.
+    fn refused(mut l: Loader, d: &Path) -> String {
+        for _ in 0..100 {
+            if let Err(e) = l.give(d, "t1") {
+                return e.to_string();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("a loader that exited took the table");
+    }
+
     #[test]
     fn a_loader_that_stops_reading_or_fails_is_an_error() {
         let d = dir("bad");
         // Gone before it was given everything: the write fails, loudly.
-        let mut l = Loader::start(&sh("exit 0")).unwrap();
-        let mut err = None;
-        for _ in 0..100 {
-            if let Err(e) = l.give(&d, "t1") {
-                err = Some(e.to_string());
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let err = err.expect("a loader that exited took the table");
+        let err = refused(Loader::start(&sh("exit 0")).unwrap(), &d);
         // One that is gone says so before it is given anything.
         let mut l = Loader::start(&sh("exit 4")).unwrap();
         let mut gone = None;
@@ -264,19 +267,11 @@ mod tests {
         let gone = gone.expect("an exited loader is seen as ended");
         assert!(gone.contains("exit status: 4"), "{gone}");
         // A JVM that cannot start says why on stdout: that comes back too.
-        let mut l = Loader::start(&sh(
+        let l = Loader::start(&sh(
             "echo 'Error occurred during initialization of VM'; echo 'Multiple garbage collectors selected'; exit 1",
         ))
         .unwrap();
-        let mut vm = None;
-        for _ in 0..100 {
-            if let Err(e) = l.give(&d, "t1") {
-                vm = Some(e.to_string());
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let err2 = vm.expect("a loader that exited took the table");
+        let err2 = refused(l, &d);
         assert!(
             err2.contains("Multiple garbage collectors selected"),
             "{err2}"
