@@ -336,6 +336,28 @@ async fn kill_9_while_writing_hfiles_and_while_loading_then_resume_converges() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_dir_lost_after_the_copy_stops_the_load_naming_the_lost_chunks() {
+    let job = Job::new("bulklost", 2_000, false).await;
+    let (loader, _log) = checking_loader(&job);
+    // Every chunk committed (Kafka has their events), killed at the first HFile.
+    let first = bulk_base(&job, &loader, &[], Some("kill-after:hfile:1"));
+    assert_eq!(first.code, -1, "killed by SIGKILL\n{}", first.stderr);
+    // The pod's disk is lost, and the staged runs with it: their HBase cells
+    // exist nowhere else, so the resumed run must stop, not load what is left.
+    std::fs::remove_dir_all(&job.state_dir).unwrap();
+    let second = bulk_base(&job, &loader, &["--resume"], None);
+    assert_eq!(second.code, 4, "{}", second.stderr);
+    assert!(
+        second.stderr.contains("committed chunks are missing")
+            && second.stderr.contains("--run-id"),
+        "{}",
+        second.stderr
+    );
+    let cells: usize = job.hbase_snapshot().await.values().map(|c| c.len()).sum();
+    assert_eq!(cells, 0, "nothing loaded from a staging dir that lost runs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_load_without_hbase_as_a_target_is_a_usage_error() {
     let job = Job::new("bulkusage", 10, false).await;
     let out = job.base(&["--hbase-load", "bulk", "--target", "kafka"]);
